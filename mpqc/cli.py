@@ -1,0 +1,169 @@
+"""The `mpqc` command line: a thin click layer over the library.
+
+Each command parses its options, calls one library function and prints the result.
+Errors the library raises on purpose (MpqcError) become one line on stderr and exit
+code 2; `mpqc --debug ...` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from mpqc.errors import MpqcError
+
+
+class _Group(click.Group):
+    """Turns MpqcError into a one-line message and exit code 2 (unless --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MpqcError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"mpqc: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("mpqc: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="mpqc")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """mpqc: mixed-precision quantization compiler.
+
+    Turns a PyTorch network into a mixed-precision one (a bit-width per layer, found by
+    a latency-constrained search) and compiles it into a shared library of TVM
+    bit-serial kernels for an x86 or ARM64 CPU.
+
+    Targets are named (`mpqc targets`) or given as a path to a target .json file;
+    models as `resnet20`, `democnn` or `package.module:function`; data as `mnist`,
+    `cifar10:DIR` or `imagefolder:PATH` (a directory or .zip).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+@main.command("targets")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of target objects.")
+@click.option("--detect", is_flag=True,
+              help="Print the built-in target that matches this machine's CPU.")
+def targets_cmd(names: tuple[str, ...], as_json: bool, detect: bool) -> None:
+    """List the compilation targets (built-in files and `host`).
+
+    `host` is this machine's CPU as LLVM detects it (exact -mcpu); the built-in
+    targets are portable families and boards. Pass a target by name or by the path of
+    your own target .json file (same keys as the files in targets/); `mpqc targets
+    FILE.json` checks such a file and shows it.
+    """
+    from mpqc import targets as tg
+
+    if detect:
+        found = tg.detect_target()
+        if as_json:
+            _echo_json({**found.to_json(), "host_cpu": tg.host_cpu()})
+        else:
+            click.echo(f"{found.name}  (host CPU: {tg.host_cpu()})")
+        return
+    listed = [tg.load_target(n) for n in names] if names else tg.all_targets()
+    if as_json:
+        _echo_json([t.to_json() for t in listed])
+        return
+    rows = [[t.name, t.arch, t.mcpu or "-", t.popcount, t.cross_compiler or "-",
+             t.rpc_key or "-", t.description] for t in listed]
+    click.echo(_table(rows, ["name", "arch", "mcpu", "popcount", "cross compiler",
+                             "rpc key", "description"]))
+
+
+@main.command("data")
+@click.argument("spec")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Cache directory for decoded images (default: $MPQC_CACHE or ~/.cache/mpqc).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def data_cmd(spec: str, cache: str | None, as_json: bool) -> None:
+    """Load a dataset and describe its train/val/test splits.
+
+    SPEC is `mnist` (the embedded default), `cifar10:DIR` (the CIFAR-10 python
+    release) or `imagefolder:PATH` (train/<class>/ and test/<class>/ images, a
+    directory or a .zip; decoded once and cached).
+    """
+    from mpqc.data import load_dataset
+
+    splits = load_dataset(spec, cache_dir=cache)
+    info = {"name": splits.name, "train": len(splits.train), "val": len(splits.val),
+            "test": len(splits.test), "num_classes": splits.num_classes,
+            "input_shape": list(splits.input_shape), "mean": list(splits.mean),
+            "std": list(splits.std), "class_names": list(splits.class_names)}
+    if as_json:
+        _echo_json(info)
+        return
+    for key, value in info.items():
+        click.echo(f"{key:12s} {value}")
+
+
+@main.command("import")
+@click.option("--model", "model_spec", required=True,
+              help="resnet20, democnn or package.module:function.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="State dict to load (torch.load with weights_only=True).")
+@click.option("--input-shape", default=None,
+              help="C,H,W of one input (default: the built-in model's own).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the layer list as JSON here (layers.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def import_cmd(model_spec: str, weights: str | None, input_shape: str | None,
+               out: str | None, as_json: bool) -> None:
+    """Import a PyTorch model and list its quantizable layers.
+
+    Every Conv2d and Linear is listed with its shape and MACs; layers the bit-serial
+    kernels cannot run (and the 8-bit first and last layers) are marked with the
+    reason. This is the `import` step of the pipeline (layers.json).
+    """
+    from mpqc.importer import import_model
+
+    result = import_model(model_spec, weights=weights, input_shape=_parse_shape(input_shape))
+    if out:
+        result.write(out)
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    rows = [[l.name, l.kind, f"{l.in_channels}->{l.out_channels}", "x".join(map(str, l.kernel)),
+             str(l.stride[0]), "x".join(map(str, l.in_hw)), f"{l.macs / 1e6:.2f}",
+             "yes" if l.quantizable else f"no: {l.reason}"] for l in result.layers]
+    click.echo(_table(rows, ["layer", "kind", "channels", "kernel", "stride", "input",
+                             "MMACs", "quantizable"]))
+    if out:
+        click.echo(f"wrote {out}")
+
+
+def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise click.BadParameter(f"{text!r} is not C,H,W (three positive integers)",
+                                 param_hint="--input-shape")
+    return dims  # type: ignore[return-value]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,16 @@
+"""Bit-serial (bit-plane, popcount) operators: computes, schedules, numpy references.
+
+Installed as `mpqc.schedules`. The schedule family of a target comes from its data
+(`Target.schedule`); both families share one schedule (tiling.py) and differ in knobs.
+This package never imports torch.
+"""
+from mpqc.schedules import arm, x86
+from mpqc.schedules.spec import (BIT_RANGE, ConvSpec, Epilogue, check_bits, dense_spec,
+                                 pack_word_for, weight_code_range, weight_offset)
+from mpqc.schedules.tiling import Knobs
+
+# schedule family name (targets/*.json "schedule") -> default knobs for a SIMD width
+FAMILIES = {"x86": x86.default_knobs, "arm": arm.default_knobs}
+
+__all__ = ["BIT_RANGE", "ConvSpec", "Epilogue", "Knobs", "FAMILIES", "check_bits",
+           "dense_spec", "pack_word_for", "weight_code_range", "weight_offset"]

@@ -1,0 +1,59 @@
+"""Scheduled prim funcs and compiled modules of the bit-serial operators for a target."""
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, te
+
+from mpqc.errors import BuildError, ConfigError
+from mpqc.schedules import FAMILIES
+from mpqc.schedules.compute import PACK, bitpack_nhwc, bitserial_conv2d_nhwc
+from mpqc.schedules.spec import ConvSpec
+from mpqc.schedules.tiling import Knobs, schedule_conv
+
+
+def default_knobs(target) -> Knobs:
+    try:
+        return FAMILIES[target.schedule](target.simd_bits)
+    except KeyError:
+        raise ConfigError(f"target {target.name}: no schedule family {target.schedule!r}; "
+                          f"known: {', '.join(FAMILIES)}") from None
+
+
+def conv_prim_func(spec: ConvSpec, knobs: Knobs, name: str = "main") -> tvm.tirx.PrimFunc:
+    """The fused conv (packed planes in, epilogue out), scheduled with `knobs`."""
+    inputs, out = bitserial_conv2d_nhwc(spec)
+    func = te.create_prim_func([*inputs, out]).with_attr("global_symbol", name)
+    sch = schedule_conv(s_tir.Schedule(func), spec, knobs)
+    return sch.mod["main"].with_attr("global_symbol", name)
+
+
+def bitpack_prim_func(spec: ConvSpec, name: str = "bitpack") -> tvm.tirx.PrimFunc:
+    """uint8 NHWC codes -> padded bit planes; rows in parallel, words vectorized."""
+    codes = te.placeholder((spec.n, spec.h, spec.w, spec.cin), "uint8", name="codes")
+    planes = bitpack_nhwc(codes, spec)
+    func = te.create_prim_func([codes, planes]).with_attr("global_symbol", name)
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock(PACK)
+    n, h, w, i, cw, k = sch.get_loops(block)
+    sch.parallel(sch.fuse(n, h))
+    sch.unroll(k) if spec.word_bits <= 16 else None
+    return sch.mod["main"].with_attr("global_symbol", name)
+
+
+def compile_prim_func(func: tvm.tirx.PrimFunc, target, what: str):
+    """tvm.compile for a target; failures name the operator and the target."""
+    from mpqc.targets import tvm_target
+    try:
+        return tvm.compile(tvm.IRModule({func.attrs["global_symbol"]: func}), tvm_target(target))
+    except Exception as exc:  # TVM raises many error types; report them as one
+        raise BuildError(f"building {what} for target {target.name} failed: "
+                         f"{str(exc).strip().splitlines()[-1]}") from exc
+
+
+def build_conv(spec: ConvSpec, target, knobs: Knobs | None = None):
+    knobs = knobs or default_knobs(target)
+    return compile_prim_func(conv_prim_func(spec, knobs), target, spec.name)
+
+
+def build_bitpack(spec: ConvSpec, target):
+    return compile_prim_func(bitpack_prim_func(spec, "main"), target, f"bitpack of {spec.name}")

@@ -1,0 +1,187 @@
+"""Bit-serial kernels on the host vs the numpy references: integer-exact, every bit pair."""
+import itertools
+
+import numpy as np
+import pytest
+import tvm
+
+from mpqc.errors import ConfigError
+from mpqc.schedules import ConvSpec, Epilogue, Knobs, dense_spec, pack_word_for
+from mpqc.schedules import reference as ref
+from mpqc.schedules.build import build_bitpack, build_conv
+from mpqc.targets import load_target
+
+HOST = load_target("host")
+DEV = tvm.cpu()
+PAIRS = list(itertools.product(range(1, 9), range(1, 9)))
+# (kernel, stride, padding, cin, word_bits): 3x3 and 1x1, stride 1 and 2, with and
+# without padding, channel counts that are not multiples of the word
+GEOMETRIES = [(3, 1, 1, 37, 32), (3, 2, 1, 16, 16), (1, 1, 0, 70, 64), (3, 2, 0, 9, 8)]
+
+
+def random_codes(rng, spec):
+    x = rng.integers(0, 1 << spec.a_bits, (spec.n, spec.h, spec.w, spec.cin), dtype=np.int64)
+    if spec.w_bits == 1:
+        w = rng.choice([-1, 1], (spec.kernel, spec.kernel, spec.cin, spec.cout))
+    else:
+        half = 1 << (spec.w_bits - 1)
+        w = rng.integers(-half, half, (spec.kernel, spec.kernel, spec.cin, spec.cout))
+    return x.astype(np.uint8), w
+
+
+def spread_epilogue(rng, x, w, spec):
+    """Integer requantization constants that spread the codes over the whole range."""
+    acc = ref.conv_int(x, w, spec)
+    levels, shift = 1 << spec.epilogue.out_bits, spec.epilogue.shift
+    scale = levels / (4 * max(acc.std(), 1.0)) * rng.uniform(0.5, 1.5, spec.cout)
+    mul = np.round(scale * (1 << shift)).astype(np.int32)
+    add = np.round((levels / 2 - scale * acc.mean(axis=(0, 1, 2)) + 0.5) * (1 << shift))
+    return mul, add.astype(np.int64)
+
+
+def float_epilogue(rng, spec):
+    mul = rng.uniform(0.01, 0.1, spec.cout).astype(np.float32)
+    return mul, rng.normal(size=spec.cout).astype(np.float32)
+
+
+def run_conv(spec, x, w, mul=None, add=None, residual=None, res_mul=None, knobs=None):
+    lib = build_conv(spec, HOST, knobs)
+    args = [ref.pack_activations(x, spec), ref.pack_weights(w, spec)]
+    if spec.epilogue.output != "int32":
+        args += [mul, add] + ([residual] if spec.epilogue.residual else [])
+        args += [res_mul] if res_mul is not None else []
+    out = np.zeros((spec.n, spec.out_h, spec.out_w, spec.cout), spec.epilogue.out_dtype)
+    tensors = [tvm.runtime.tensor(a, DEV) for a in [*args, out]]
+    lib["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+@pytest.mark.parametrize("a_bits,w_bits", PAIRS)
+def test_conv_int32_every_pair_exact(a_bits, w_bits):
+    rng = np.random.default_rng(a_bits * 10 + w_bits)
+    for kernel, stride, padding, cin, word in GEOMETRIES:
+        spec = ConvSpec(n=1, h=7, w=9, cin=cin, cout=12, kernel=kernel, stride=stride,
+                        padding=padding, a_bits=a_bits, w_bits=w_bits, word_bits=word)
+        x, w = random_codes(rng, spec)
+        got = run_conv(spec, x, w)
+        expected = ref.conv_int(x, w, spec)
+        np.testing.assert_array_equal(got, expected, err_msg=spec.name)
+
+
+def test_padding_does_not_change_results():
+    """Extreme codes at the border: padded pixels must count as code 0."""
+    rng = np.random.default_rng(1)
+    spec = ConvSpec(1, 5, 5, 19, 8, 3, 1, 1, 3, 4, word_bits=32)
+    x = np.full((1, 5, 5, 19), 7, np.uint8)
+    w = np.full((3, 3, 19, 8), -8)
+    w[..., ::2] = 7
+    np.testing.assert_array_equal(run_conv(spec, x, w), ref.conv_int(x, w, spec))
+    # against a direct loop, independent of the reference's own padding
+    got = run_conv(spec, x, w)
+    direct = np.zeros_like(got, dtype=np.int64)
+    for y, xx, co in itertools.product(range(5), range(5), range(8)):
+        for kh, kw in itertools.product(range(3), range(3)):
+            yy, xi = y + kh - 1, xx + kw - 1
+            if 0 <= yy < 5 and 0 <= xi < 5:
+                direct[0, y, xx, co] += int(x[0, yy, xi] @ w[kh, kw, :, co])
+    np.testing.assert_array_equal(got, direct)
+    assert rng is not None
+
+
+@pytest.mark.parametrize("a_bits,w_bits,out_bits,residual", [
+    (1, 1, 1, False), (2, 2, 2, True), (3, 5, 4, True), (8, 8, 8, False), (4, 2, 3, True),
+])
+def test_epilogue_requantized_codes_exact(a_bits, w_bits, out_bits, residual):
+    rng = np.random.default_rng(out_bits)
+    spec = ConvSpec(2, 8, 8, 40, 24, 3, 1, 1, a_bits, w_bits, word_bits=64,
+                    epilogue=Epilogue("codes", residual=residual, out_bits=out_bits, shift=20))
+    x, w = random_codes(rng, spec)
+    mul, add = spread_epilogue(rng, x, w, spec)
+    res = res_mul = None
+    if residual:
+        res = rng.integers(0, 1 << out_bits, (2, 8, 8, 24)).astype(np.uint8)
+        res_mul = rng.integers(-(1 << 20), 1 << 20, 24).astype(np.int32)
+    got = run_conv(spec, x, w, mul, add, res, res_mul)
+    expected = ref.bitserial_conv2d(x, w, spec, mul, add, res, res_mul)
+    np.testing.assert_array_equal(got, expected)
+    # the test means something only if the codes spread over the range
+    assert len(np.unique(expected)) >= min(1 << out_bits, 4)
+
+
+def test_requantization_rounds_half_up_and_clamps():
+    spec = ConvSpec(1, 1, 1, 8, 4, 1, 1, 0, 1, 2, word_bits=8,
+                    epilogue=Epilogue("codes", out_bits=2, shift=4))
+    x = np.ones((1, 1, 1, 8), np.uint8)
+    w = np.zeros((1, 1, 8, 4), int)
+    w[0, 0, :3, :] = 1  # acc = 3 on every channel
+    mul = np.array([8, 16, 16, -16], np.int32)   # 0.5, 1, 1, -1 in Q4
+    add = np.array([8, 8, 8 + 16 * 5, 8], np.int64)  # +0.5 rounding; +5 for channel 2
+    got = run_conv(spec, x, w, mul, add)
+    # 1.5+0.5 -> 2; 3+0.5 -> 3; 8.5 -> clamp 3; -3+0.5 -> clamp 0
+    assert got.ravel().tolist() == [2, 3, 3, 0]
+    assert got.ravel().tolist() == ref.bitserial_conv2d(x, w, spec, mul, add).ravel().tolist()
+
+
+@pytest.mark.parametrize("a_bits,w_bits", [(1, 1), (2, 3), (8, 8)])
+def test_dense_exact(a_bits, w_bits):
+    rng = np.random.default_rng(7)
+    spec = dense_spec(3, 100, 10, a_bits, w_bits, epilogue=Epilogue("float32"))
+    x = rng.integers(0, 1 << a_bits, (3, 100)).astype(np.uint8)
+    w = (rng.choice([-1, 1], (100, 10)) if w_bits == 1
+         else rng.integers(-(1 << (w_bits - 1)), 1 << (w_bits - 1), (100, 10)))
+    mul, add = float_epilogue(rng, spec)
+    got = run_conv(spec, x.reshape(3, 1, 1, 100), w.reshape(1, 1, 100, 10), mul, add)
+    np.testing.assert_allclose(got.reshape(3, 10), ref.bitserial_dense(x, w, spec, mul, add),
+                               rtol=2e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("word", [8, 16, 32, 64])
+def test_bitpack_kernel_matches_reference(word):
+    rng = np.random.default_rng(word)
+    spec = ConvSpec(2, 5, 6, 21, 8, 3, 1, 1, 3, 2, word_bits=word)
+    x = rng.integers(0, 8, (2, 5, 6, 21)).astype(np.uint8)
+    expected = ref.pack_activations(x, spec)
+    assert expected.shape == (2, 7, 8, 3, spec.words)
+    out = tvm.runtime.tensor(np.zeros_like(expected), DEV)
+    build_bitpack(spec, HOST)["main"](tvm.runtime.tensor(x, DEV), out)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_pack_bits_layout():
+    # channel k at bit k % word of word k // word, plane i holds bit i of the code
+    codes = np.zeros((1, 1, 1, 20), np.uint8)
+    codes[0, 0, 0, 17] = 0b10
+    spec = ConvSpec(1, 1, 1, 20, 1, 1, 1, 0, 2, 1, word_bits=16)
+    planes = ref.pack_activations(codes, spec)
+    assert planes.shape == (1, 1, 1, 2, 2) and planes.dtype == np.uint16
+    assert planes[0, 0, 0, 0].tolist() == [0, 0] and planes[0, 0, 0, 1].tolist() == [0, 1 << 1]
+
+
+@pytest.mark.parametrize("knobs", [Knobs(tile_w=1, tile_co=1, unroll_bits=False, parallel=False),
+                                   Knobs(tile_w=7, tile_co=16, reduction_order="bits_first")])
+def test_knobs_do_not_change_results(knobs):
+    rng = np.random.default_rng(3)
+    spec = ConvSpec(1, 7, 7, 33, 32, 3, 1, 1, 2, 2, word_bits=64)
+    x, w = random_codes(rng, spec)
+    np.testing.assert_array_equal(run_conv(spec, x, w, knobs=knobs), ref.conv_int(x, w, spec))
+
+
+def test_word_choice():
+    assert [pack_word_for(c, 64) for c in (3, 8, 9, 16, 32, 33, 64, 512)] == [8, 8, 16, 16, 32, 64, 64, 64]
+    assert pack_word_for(64, 32) == 32
+
+
+@pytest.mark.parametrize("a_bits,w_bits", [(0, 2), (2, 9), (3, -1)])
+def test_bits_out_of_range(a_bits, w_bits):
+    with pytest.raises(ConfigError, match=f"a={a_bits}, w={w_bits}"):
+        ConvSpec(1, 4, 4, 8, 8, 3, 1, 1, a_bits, w_bits)
+
+
+def test_codes_out_of_range_rejected():
+    spec = ConvSpec(1, 4, 4, 8, 8, 3, 1, 1, 2, 2)
+    with pytest.raises(ConfigError, match="activation codes outside"):
+        ref.pack_activations(np.full((1, 4, 4, 8), 4, np.uint8), spec)
+    with pytest.raises(ConfigError, match="weight codes outside"):
+        ref.pack_weights(np.full((3, 3, 8, 8), 2), spec)
+    with pytest.raises(ConfigError, match="-1 or \\+1"):
+        ref.pack_weights(np.zeros((3, 3, 8, 8), int), spec.with_(w_bits=1))
