@@ -1,0 +1,95 @@
+"""Build one bit-serial convolution for a target, check it against numpy, time it.
+
+This is what a compiler engineer runs first on a new CPU: does the kernel compute the
+right integers there, and how fast is it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mpqc.errors import DeviceError
+from mpqc.schedules import ConvSpec, Epilogue, Knobs, pack_word_for
+from mpqc.schedules import reference as ref
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    spec: str
+    target: str
+    a_bits: int
+    w_bits: int
+    knobs: dict
+    exact: bool
+    mismatches: int
+    median_ms: float | None
+    min_ms: float | None
+    max_ms: float | None
+    gbmacs: float | None  # binary MACs per second (a * w * MACs / time), in G
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def conv_spec_for(h: int, w: int, cin: int, cout: int, kernel: int, stride: int,
+                  padding: int, a_bits: int, w_bits: int, target) -> ConvSpec:
+    """A spec whose pack word fits both the layer and the target; codes out (the
+    epilogue the network uses between quantized layers)."""
+    return ConvSpec(n=1, h=h, w=w, cin=cin, cout=cout, kernel=kernel, stride=stride,
+                    padding=padding, a_bits=a_bits, w_bits=w_bits,
+                    word_bits=pack_word_for(cin, target.pack_word_bits),
+                    epilogue=Epilogue("codes", out_bits=a_bits, shift=20))
+
+
+def random_operands(spec: ConvSpec, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 1 << spec.a_bits, (spec.n, spec.h, spec.w, spec.cin)).astype(np.uint8)
+    if spec.w_bits == 1:
+        weights = rng.choice([-1, 1], (spec.kernel, spec.kernel, spec.cin, spec.cout))
+    else:
+        half = 1 << (spec.w_bits - 1)
+        weights = rng.integers(-half, half, (spec.kernel, spec.kernel, spec.cin, spec.cout))
+    # constants that spread the output codes (shift 20): about 4 standard deviations
+    acc = ref.conv_int(codes, weights, spec)
+    levels = 1 << spec.epilogue.out_bits
+    scale = levels / (4 * max(float(acc.std()), 1.0))
+    mul = np.full(spec.cout, round(scale * (1 << spec.epilogue.shift)), np.int32)
+    add = np.full(spec.cout, round((levels / 2 - scale * float(acc.mean()) + 0.5)
+                                   * (1 << spec.epilogue.shift)), np.int64)
+    return codes, weights, mul, add
+
+
+def check_conv(spec: ConvSpec, target, knobs: Knobs | None = None, repeats: int = 10,
+               time_it: bool = True) -> KernelCheck:
+    """Compile for `target`, run on this machine, compare with the numpy reference."""
+    import tvm
+
+    from mpqc.schedules.build import build_conv, default_knobs
+    from mpqc.targets import runs_on_host
+
+    if not runs_on_host(target):
+        raise DeviceError(f"target {target.name} ({target.arch}) cannot run on this machine; "
+                          "check it on a device of that kind (TVM RPC)")
+    knobs = knobs or default_knobs(target)
+    codes, weights, mul, add = random_operands(spec)
+    expected = ref.bitserial_conv2d(codes, weights, spec, mul, add)
+    lib = build_conv(spec, target, knobs)
+    dev = tvm.cpu()
+    args = [ref.pack_activations(codes, spec), ref.pack_weights(weights, spec), mul, add,
+            np.zeros(expected.shape, expected.dtype)]
+    tensors = [tvm.runtime.tensor(a, dev) for a in args]
+    lib["main"](*tensors)
+    mismatches = int((tensors[-1].numpy() != expected).sum())
+    timing = [None, None, None]
+    if time_it:
+        lib["main"](*tensors)  # warm-up
+        result = lib.mod.time_evaluator("main", dev, number=max(1, 50 // repeats),
+                                        repeat=repeats, min_repeat_ms=20)(*tensors)
+        samples = np.array(result.results) * 1e3
+        timing = [float(np.median(samples)), float(samples.min()), float(samples.max())]
+    gbmacs = (spec.a_bits * spec.w_bits * spec.macs / timing[0] / 1e6) if timing[0] else None
+    return KernelCheck(spec=spec.name, target=target.name, a_bits=spec.a_bits,
+                       w_bits=spec.w_bits, knobs=knobs.fit(spec).to_json(),
+                       exact=mismatches == 0, mismatches=mismatches, median_ms=timing[0],
+                       min_ms=timing[1], max_ms=timing[2], gbmacs=gbmacs)
