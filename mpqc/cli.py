@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from mpqc.errors import MpqcError
+from mpqc.errors import BuildError, MpqcError
 
 
 class _Group(click.Group):
@@ -160,8 +160,10 @@ def import_cmd(model_spec: str, weights: str | None, input_shape: str | None,
 @click.option("--bits", "bit_pairs", multiple=True, default=["1x1", "2x2"], show_default=True,
               metavar="AxW", help="Activation x weight bits; repeat for several pairs.")
 @click.option("--repeats", default=10, show_default=True, help="Timed repeats (median reported).")
+@click.option("--tuning-log", type=click.Path(dir_okay=False), default=None,
+              help="Use the best knobs recorded by `mpqc tune` in this log.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def kernel_cmd(target_name, shape, bit_pairs, repeats, as_json):
+def kernel_cmd(target_name, shape, bit_pairs, repeats, tuning_log, as_json):
     """Build a bit-serial convolution, check it against numpy and time it.
 
     Each (a, w) pair is compiled with the target's schedule (fused integer
@@ -171,6 +173,7 @@ def kernel_cmd(target_name, shape, bit_pairs, repeats, as_json):
     """
     from mpqc.kernel_check import check_conv, conv_spec_for
     from mpqc.targets import load_target
+    from mpqc.tuning import best_knobs
 
     target = load_target(target_name)
     dims = _parse_ints(shape, 7, "--shape")
@@ -178,7 +181,8 @@ def kernel_cmd(target_name, shape, bit_pairs, repeats, as_json):
     for pair in bit_pairs:
         a_bits, w_bits = _parse_ints(pair.replace("x", ","), 2, "--bits")
         spec = conv_spec_for(*dims, a_bits, w_bits, target)
-        results.append(check_conv(spec, target, repeats=repeats))
+        knobs = best_knobs(tuning_log, spec, target)
+        results.append(check_conv(spec, target, knobs, repeats=repeats))
     if as_json:
         _echo_json([r.to_json() for r in results])
     else:
@@ -188,6 +192,45 @@ def kernel_cmd(target_name, shape, bit_pairs, repeats, as_json):
                                  "G binary MAC/s"]))
     if not all(r.exact for r in results):
         sys.exit(1)
+
+
+@main.command("tune")
+@click.option("--target", "target_name", default="host", show_default=True,
+              help="Target name or target .json path (must run on this machine).")
+@click.option("--shape", required=True, metavar="H,W,CIN,COUT,K,S,P",
+              help="Input height, width, channels in/out, kernel, stride, padding.")
+@click.option("--bits", "bit_pairs", multiple=True, default=["1x1"], show_default=True,
+              metavar="AxW", help="Activation x weight bits; repeat for several pairs.")
+@click.option("--log", "log_path", default="tuning.jsonl", show_default=True,
+              type=click.Path(dir_okay=False), help="Tuning log (JSON lines), appended.")
+@click.option("--trials", default=None, type=int,
+              help="Measure at most this many knob choices per kernel (default: all 60).")
+@click.option("--repeats", default=10, show_default=True, help="Timed repeats per choice.")
+def tune_cmd(target_name, shape, bit_pairs, log_path, trials, repeats):
+    """Search the schedule knobs of a bit-serial conv by measuring them.
+
+    Every choice (output tile width, channel tile, reduction order, bit-loop
+    unrolling) is built, checked integer-exact against numpy and timed; each result
+    is appended to the log at once. Rerunning skips what the log already holds, so
+    an interrupted tuning resumes. `mpqc kernel --tuning-log` uses the best entry.
+    """
+    from tqdm import tqdm
+
+    from mpqc.kernel_check import conv_spec_for
+    from mpqc.targets import load_target
+    from mpqc.tuning import knob_space, tune_conv
+
+    target = load_target(target_name)
+    dims = _parse_ints(shape, 7, "--shape")
+    for pair in bit_pairs:
+        a_bits, w_bits = _parse_ints(pair.replace("x", ","), 2, "--bits")
+        spec = conv_spec_for(*dims, a_bits, w_bits, target)
+        best = tune_conv(spec, target, log_path, knob_space(trials), repeats=repeats,
+                         progress=lambda it: tqdm(it, desc=f"tune {spec.name}", unit="knobs"))
+        if best is None:
+            raise BuildError(f"tuning {spec.name} on {target.name}: no knob choice built and "
+                             f"ran exactly; see the error records in {log_path}")
+        click.echo(f"{spec.name}: best {best.median_ms:.4f} ms with {best.knobs}")
 
 
 def _parse_ints(text: str, count: int, hint: str) -> tuple[int, ...]:
