@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -231,6 +232,68 @@ def tune_cmd(target_name, shape, bit_pairs, log_path, trials, repeats):
             raise BuildError(f"tuning {spec.name} on {target.name}: no knob choice built and "
                              f"ran exactly; see the error records in {log_path}")
         click.echo(f"{spec.name}: best {best.median_ms:.4f} ms with {best.knobs}")
+
+
+@main.group("bench")
+def bench_group():
+    """Benchmarks: kernels against their peers (same run, same threads)."""
+
+
+@bench_group.command("kernels")
+@click.option("--target", "target_name", default="host", show_default=True,
+              help="Target name or .json path; must run on this machine.")
+@click.option("--shape", "shape_names", multiple=True, default=["resnet18.layer1"],
+              show_default=True, help="Named conv shape (resnet18.layer1..4, resnet20.*); repeat.")
+@click.option("--bits", "bit_pairs", multiple=True, default=["1x1", "2x2"], show_default=True,
+              metavar="AxW", help="Activation x weight bits; repeat for several pairs.")
+@click.option("--threads", default=1, show_default=True, help="Threads for every engine.")
+@click.option("--repeats", default=30, show_default=True, help="Timed samples (median reported).")
+@click.option("--tuning-log", type=click.Path(dir_okay=False), default=None,
+              help="Time the mpqc kernel with the best knobs of this `mpqc tune` log.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the results here as a JSON list.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG of speedup over torch fp32 vs a*w, with the roofline.")
+def bench_kernels_cmd(target_name, shape_names, bit_pairs, threads, repeats, tuning_log,
+                      json_path, plot_path):
+    """Time mpqc bit-serial convs against torch fp32, onnxruntime fp32/int8, untuned
+    TVM topi bit-serial and the measured popcount roofline of this CPU.
+
+    The roofline is a C loop of AND + popcount over L1-resident words (scalar popcnt
+    and AVX2 nibble lookup, the better one), built with the system compiler at
+    -O3 -march=native, scaled by a*w*MACs. Medians of repeats after warm-up.
+    """
+    from tqdm import tqdm
+
+    from mpqc.bench.kernels import bench_kernels, plot_speedups
+    from mpqc.bench.shapes import get_shape
+    from mpqc.targets import load_target
+    from mpqc.tuning import best_knobs
+
+    target = load_target(target_name)
+    shapes = [get_shape(name) for name in shape_names]
+    pairs = [_parse_ints(p.replace("x", ","), 2, "--bits") for p in bit_pairs]
+    results = bench_kernels(shapes, pairs, threads, target,
+                            knobs_for=lambda spec: best_knobs(tuning_log, spec, target),
+                            repeats=repeats,
+                            progress=lambda it: tqdm(it, desc="shapes", unit="shape"))
+    rows = [[r.shape, f"{r.bits[0]}x{r.bits[1]}", f"{r.mpqc_ms:.3f}", f"{r.roofline_ms:.3f}",
+             f"{r.roofline_ms / r.mpqc_ms:.0%}", f"{r.torch_fp32_ms / r.mpqc_ms:.2f}x",
+             f"{r.ort_int8_ms / r.mpqc_ms:.2f}x", f"{r.tvm_topi_ms / r.mpqc_ms:.2f}x",
+             "yes" if r.mpqc_exact else "NO"] for r in results]
+    click.echo(_table(rows, ["shape", "bits", "mpqc ms", "roofline ms", "of roofline",
+                             "vs torch fp32", "vs ort int8", "vs topi", "exact"]))
+    click.echo(f"{threads} thread(s), {results[0].cpu}, roofline "
+               f"{results[0].roofline_gbmacs:.0f} G binary MAC/s; torch fp32 / ort fp32 / "
+               f"ort int8 ms: " + "; ".join(
+                   f"{r.shape} {r.torch_fp32_ms:.3f} / {r.ort_fp32_ms:.3f} / {r.ort_int8_ms:.3f}"
+                   for r in {r.shape: r for r in results}.values()))
+    if json_path:
+        Path(json_path).write_text(json.dumps([r.to_json() for r in results], indent=2))
+    if plot_path:
+        plot_speedups(results, plot_path)
+    if not all(r.mpqc_exact for r in results):
+        sys.exit(1)
 
 
 def _parse_ints(text: str, count: int, hint: str) -> tuple[int, ...]:

@@ -8,6 +8,7 @@ from tvm import te, tirx
 
 from mpqc.schedules.spec import ConvSpec, weight_offset
 
+ACC_DTYPE = "int64"
 PACK, ACC, WINDOW_SUM, OUT = "bitpack", "popcount_acc", "window_sum", "epilogue"
 
 
@@ -55,7 +56,7 @@ def bitserial_conv2d_nhwc(spec: ConvSpec, packed_data: te.Tensor | None = None):
     i, j = te.reduce_axis((0, spec.a_bits), "i"), te.reduce_axis((0, spec.w_bits), "j")
     acc = te.compute(shape, lambda n, y, x, co: te.sum(
         tirx.popcount(data[n, y * s + kh, x * s + kw, i, cw] & weight[kh, kw, j, cw, co])
-        .astype("int32") << (i + j).astype("int32"), axis=[kh, kw, cw, i, j]), name=ACC)
+        .astype(ACC_DTYPE) << (i + j).astype(ACC_DTYPE), axis=[kh, kw, cw, i, j]), name=ACC)
 
     # sum of the activation codes over each window: the weight-offset correction term
     kh2, kw2 = te.reduce_axis((0, k), "kh2"), te.reduce_axis((0, k), "kw2")
@@ -82,7 +83,7 @@ def bitserial_conv2d_nhwc(spec: ConvSpec, packed_data: te.Tensor | None = None):
     inputs += list(params.values())
 
     def epilogue(n, y, x, co):
-        exact = acc[n, y, x, co] * scale - window_sum[n, y, x] * offset
+        exact = acc[n, y, x, co].astype("int32") * scale - window_sum[n, y, x] * offset
         if ep.output == "int32":
             return exact
         if ep.output == "codes":
