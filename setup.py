@@ -3,14 +3,15 @@
 `schedules/` and `targets/` sit at the top level of the repository and install as
 `mpqc.schedules` and `mpqc.targets` through `package_dir`.
 """
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="mpqc",
     version="0.1.0",
     description="Mixed-precision quantization compiler: EBS/BP-NAS search, TVM bit-serial kernels",
     python_requires=">=3.10",
-    packages=["mpqc", "mpqc.data", "mpqc.models", "mpqc.schedules", "mpqc.targets"],
+    packages=["mpqc", *(f"mpqc.{p}" for p in find_packages("mpqc")), "mpqc.schedules",
+              "mpqc.targets"],
     package_dir={
         "mpqc": "mpqc",
         "mpqc.schedules": "schedules",
