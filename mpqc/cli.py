@@ -153,6 +153,44 @@ def import_cmd(model_spec: str, weights: str | None, input_shape: str | None,
         click.echo(f"wrote {out}")
 
 
+@main.command("eval")
+@click.option("--model", "model_spec", required=True,
+              help="resnet20, democnn or package.module:function.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="State dict to load (torch.load with weights_only=True).")
+@click.option("--data", "data_spec", required=True,
+              help="mnist, cifar10:DIR or imagefolder:PATH.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
+              show_default=True)
+@click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Cache directory for decoded images.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def eval_cmd(model_spec, weights, data_spec, split, limit, cache, as_json):
+    """Top-1 accuracy of a float (fp32) model on a dataset split."""
+    from torch.utils.data import Subset
+
+    from mpqc.data import load_dataset
+    from mpqc.evaluation import evaluate_accuracy
+    from mpqc.models import build_model, load_weights
+
+    splits = load_dataset(data_spec, cache_dir=cache, augment=False)
+    dataset = getattr(splits, split)
+    if limit:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    model = build_model(model_spec, num_classes=splits.num_classes)
+    if weights:
+        load_weights(model, weights)
+    result = evaluate_accuracy(model, dataset)
+    info = {"model": model_spec, "weights": weights, "data": data_spec, "split": split,
+            "images": result.total, "correct": result.correct, "accuracy": result.accuracy}
+    if as_json:
+        _echo_json(info)
+    else:
+        click.echo(f"{model_spec} on {data_spec} ({split}, {result.total} images): "
+                   f"{result.accuracy:.2%} top-1")
+
+
 @main.command("kernel")
 @click.option("--target", "target_name", default="host", show_default=True,
               help="Target name or target .json path (must run on this machine).")
@@ -163,8 +201,12 @@ def import_cmd(model_spec: str, weights: str | None, input_shape: str | None,
 @click.option("--repeats", default=10, show_default=True, help="Timed repeats (median reported).")
 @click.option("--tuning-log", type=click.Path(dir_okay=False), default=None,
               help="Use the best knobs recorded by `mpqc tune` in this log.")
+@click.option("--rpc-tracker", default=None, metavar="HOST:PORT",
+              help="Run on a remote device registered at this TVM RPC tracker (no timing).")
+@click.option("--rpc-key", default=None, help="Device key at the tracker (default: the target's).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
-def kernel_cmd(target_name, shape, bit_pairs, repeats, tuning_log, as_json):
+def kernel_cmd(target_name, shape, bit_pairs, repeats, tuning_log, rpc_tracker, rpc_key,
+               as_json):
     """Build a bit-serial convolution, check it against numpy and time it.
 
     Each (a, w) pair is compiled with the target's schedule (fused integer
@@ -177,18 +219,21 @@ def kernel_cmd(target_name, shape, bit_pairs, repeats, tuning_log, as_json):
     from mpqc.tuning import best_knobs
 
     target = load_target(target_name)
+    device = _rpc_device(target, rpc_tracker, rpc_key)
     dims = _parse_ints(shape, 7, "--shape")
     results = []
     for pair in bit_pairs:
         a_bits, w_bits = _parse_ints(pair.replace("x", ","), 2, "--bits")
         spec = conv_spec_for(*dims, a_bits, w_bits, target)
         knobs = best_knobs(tuning_log, spec, target)
-        results.append(check_conv(spec, target, knobs, repeats=repeats))
+        results.append(check_conv(spec, target, knobs, repeats=repeats, device=device))
     if as_json:
         _echo_json([r.to_json() for r in results])
     else:
+        num = lambda v, fmt: "-" if v is None else format(v, fmt)
         rows = [[r.spec, f"{r.a_bits}x{r.w_bits}", "yes" if r.exact else f"NO ({r.mismatches})",
-                 f"{r.median_ms:.4f}", f"{r.min_ms:.4f}", f"{r.gbmacs:.1f}"] for r in results]
+                 num(r.median_ms, ".4f"), num(r.min_ms, ".4f"), num(r.gbmacs, ".1f")]
+                for r in results]
         click.echo(_table(rows, ["kernel", "bits", "exact", "median ms", "min ms",
                                  "G binary MAC/s"]))
     if not all(r.exact for r in results):
@@ -294,6 +339,19 @@ def bench_kernels_cmd(target_name, shape_names, bit_pairs, threads, repeats, tun
         plot_speedups(results, plot_path)
     if not all(r.mpqc_exact for r in results):
         sys.exit(1)
+
+
+def _rpc_device(target, tracker: str | None, key: str | None):
+    if tracker is None:
+        if key is not None:
+            raise click.BadParameter("--rpc-key needs --rpc-tracker", param_hint="--rpc-key")
+        return None
+    from mpqc.remote import RpcDevice
+    key = key or target.rpc_key
+    if not key:
+        raise click.BadParameter(f"target {target.name} names no RPC key; pass --rpc-key",
+                                 param_hint="--rpc-key")
+    return RpcDevice.parse(tracker, key)
 
 
 def _parse_ints(text: str, count: int, hint: str) -> tuple[int, ...]:

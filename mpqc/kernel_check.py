@@ -61,27 +61,36 @@ def random_operands(spec: ConvSpec, seed: int = 0):
 
 
 def check_conv(spec: ConvSpec, target, knobs: Knobs | None = None, repeats: int = 10,
-               time_it: bool = True) -> KernelCheck:
-    """Compile for `target`, run on this machine, compare with the numpy reference."""
+               time_it: bool = True, device=None) -> KernelCheck:
+    """Compile for `target`, run on this machine (or on `device`, an RpcDevice), and
+    compare with the numpy reference. Remote timings are not reported: they may come
+    from an emulated board."""
     import tvm
 
     from mpqc.schedules.build import build_conv, default_knobs
     from mpqc.targets import runs_on_host
 
-    if not runs_on_host(target):
+    if device is None and not runs_on_host(target):
         raise DeviceError(f"target {target.name} ({target.arch}) cannot run on this machine; "
-                          "check it on a device of that kind (TVM RPC)")
+                          "check it on a device of that kind over TVM RPC "
+                          "(--rpc-tracker HOST:PORT --rpc-key KEY)")
     knobs = knobs or default_knobs(target)
     codes, weights, mul, add = random_operands(spec)
     expected = ref.bitserial_conv2d(codes, weights, spec, mul, add)
     lib = build_conv(spec, target, knobs)
-    dev = tvm.cpu()
     args = [ref.pack_activations(codes, spec), ref.pack_weights(weights, spec), mul, add,
             np.zeros(expected.shape, expected.dtype)]
-    tensors = [tvm.runtime.tensor(a, dev) for a in args]
-    lib["main"](*tensors)
-    mismatches = int((tensors[-1].numpy() != expected).sum())
     timing = [None, None, None]
+    if device is not None:
+        from mpqc.remote import run_remote
+        out, _ = run_remote(lib, target, device, "main", args)
+        mismatches = int((out != expected).sum())
+        time_it = False
+    else:
+        dev = tvm.cpu()
+        tensors = [tvm.runtime.tensor(a, dev) for a in args]
+        lib["main"](*tensors)
+        mismatches = int((tensors[-1].numpy() != expected).sum())
     if time_it:
         lib["main"](*tensors)  # warm-up
         result = lib.mod.time_evaluator("main", dev, number=max(1, 50 // repeats),

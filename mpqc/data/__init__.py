@@ -38,6 +38,8 @@ def load_dataset(spec: str, cache_dir: str | Path | None = None, val_fraction: f
             return load_cifar10(path, val_fraction, seed, augment)
         cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         return load_imagefolder(path, cache, val_fraction, seed, augment)
-    raise DataError(f"unknown dataset spec {spec!r}; use one of: mnist, cifar10:DIR "
+    problem = "needs a path after the colon" if kind in ("cifar10", "imagefolder") else \
+        "is not one mpqc knows"
+    raise DataError(f"dataset spec {spec!r} {problem}; use one of: mnist, cifar10:DIR "
                     "(cifar-10-batches-py folder), imagefolder:PATH (folder or .zip with "
                     "train/<class>/ and test/<class>/)")
