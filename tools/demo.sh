@@ -33,6 +33,13 @@ while read -r shape; do
     $MPQC kernel --shape "$shape" --bits 1x1 --bits 2x2 --bits 4x4 --repeats 5 --json \
         | .venv/bin/python -c 'import json,sys; [print(json.dumps(r)) for r in json.load(sys.stdin)]' \
         >> "$OUT/kernels.jsonl"
-    $MPQC kernel --shape "$shape" --bits 1x1 --bits 2x2 --bits 4x4 --repeats 5 | tail -n +3
 done < "$OUT/kernel_shapes.txt"
+.venv/bin/python - "$OUT/kernels.jsonl" <<'PY'
+import json, sys
+print(f'{"kernel":32s} {"bits":4s} {"exact":5s} {"median ms":>9s} {"G binary MAC/s":>14s}')
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    print(f'{r["spec"]:32s} {r["a_bits"]}x{r["w_bits"]}  {"yes" if r["exact"] else "NO":5s} '
+          f'{r["median_ms"]:9.4f} {r["gbmacs"]:14.1f}')
+PY
 echo; echo "demo artifacts in $OUT/: targets.json layers.json kernels.jsonl"
