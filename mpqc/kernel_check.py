@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mpqc.errors import DeviceError
+from mpqc.errors import ConfigError, DeviceError
 from mpqc.schedules import ConvSpec, Epilogue, Knobs, pack_word_for
 from mpqc.schedules import reference as ref
+from mpqc.schedules.requant import requant_epilogue
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,27 @@ class KernelCheck:
 
 def conv_spec_for(h: int, w: int, cin: int, cout: int, kernel: int, stride: int,
                   padding: int, a_bits: int, w_bits: int, target) -> ConvSpec:
-    """A spec whose pack word fits both the layer and the target; codes out (the
-    epilogue the network uses between quantized layers)."""
-    return ConvSpec(n=1, h=h, w=w, cin=cin, cout=cout, kernel=kernel, stride=stride,
+    """A spec whose pack word fits both the layer and the target, with the epilogue the
+    network uses between quantized layers: requantization to a-bit codes, in int32
+    arithmetic when the constants of random_operands allow it (as the lowering does)."""
+    spec = ConvSpec(n=1, h=h, w=w, cin=cin, cout=cout, kernel=kernel, stride=stride,
                     padding=padding, a_bits=a_bits, w_bits=w_bits,
                     word_bits=pack_word_for(cin, target.pack_word_bits),
-                    epilogue=Epilogue("codes", out_bits=a_bits, shift=20))
+                    epilogue=Epilogue("codes", out_bits=a_bits))
+    scale, offset = _spread(spec)
+    return spec.with_(epilogue=requant_epilogue(spec, scale, offset)[0])
 
 
-def random_operands(spec: ConvSpec, seed: int = 0):
+def _spread(spec: ConvSpec):
+    """A float rescale that spreads the output codes of random operands (~4 sigma)."""
+    codes, weights = _random_codes(spec)
+    acc = ref.conv_int(codes, weights, spec)
+    levels = 1 << spec.epilogue.out_bits
+    scale = levels / (4 * max(float(acc.std()), 1.0))
+    return (np.full(spec.cout, scale), np.full(spec.cout, levels / 2 - scale * float(acc.mean())))
+
+
+def _random_codes(spec: ConvSpec, seed: int = 0):
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 1 << spec.a_bits, (spec.n, spec.h, spec.w, spec.cin)).astype(np.uint8)
     if spec.w_bits == 1:
@@ -50,13 +63,16 @@ def random_operands(spec: ConvSpec, seed: int = 0):
     else:
         half = 1 << (spec.w_bits - 1)
         weights = rng.integers(-half, half, (spec.kernel, spec.kernel, spec.cin, spec.cout))
-    # constants that spread the output codes (shift 20): about 4 standard deviations
-    acc = ref.conv_int(codes, weights, spec)
-    levels = 1 << spec.epilogue.out_bits
-    scale = levels / (4 * max(float(acc.std()), 1.0))
-    mul = np.full(spec.cout, round(scale * (1 << spec.epilogue.shift)), np.int32)
-    add = np.full(spec.cout, round((levels / 2 - scale * float(acc.mean()) + 0.5)
-                                   * (1 << spec.epilogue.shift)), np.int64)
+    return codes, weights
+
+
+def random_operands(spec: ConvSpec, seed: int = 0):
+    codes, weights = _random_codes(spec, seed)
+    scale, offset = _spread(spec)
+    epilogue, mul, add = requant_epilogue(spec, scale, offset)
+    if epilogue != spec.epilogue:
+        raise ConfigError(f"{spec.name}: epilogue {spec.epilogue} does not fit its constants; "
+                          "make the spec with conv_spec_for")
     return codes, weights, mul, add
 
 

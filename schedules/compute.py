@@ -87,13 +87,14 @@ def bitserial_conv2d_nhwc(spec: ConvSpec, packed_data: te.Tensor | None = None):
         if ep.output == "int32":
             return exact
         if ep.output == "codes":
-            total = exact.astype("int64") * params["mul"][co].astype("int64")
+            wide = spec.requant_dtype
+            total = exact.astype(wide) * params["mul"][co].astype(wide)
             if ep.residual:
-                total = total + (params["residual"][n, y, x, co].astype("int64")
-                                 * params["res_mul"][co].astype("int64"))
-            q = (total + params["add"][co]) >> tirx.const(ep.shift, "int64")
-            q = tirx.min(tirx.max(q, tirx.const(0, "int64")),
-                         tirx.const((1 << ep.out_bits) - 1, "int64"))
+                total = total + (params["residual"][n, y, x, co].astype(wide)
+                                 * params["res_mul"][co].astype(wide))
+            q = (total + params["add"][co].astype(wide)) >> tirx.const(ep.shift, wide)
+            q = tirx.min(tirx.max(q, tirx.const(0, wide)),
+                         tirx.const((1 << ep.out_bits) - 1, wide))
             return q.astype("uint8")
         v = exact.astype("float32") * params["mul"][co]
         v = v + params["add"][co]

@@ -79,12 +79,25 @@ def conv_int(codes: np.ndarray, weights: np.ndarray, spec: ConvSpec) -> np.ndarr
     return out
 
 
+def _check_requant_bounds(epilogue: Epilogue, mul, add, res_mul) -> None:
+    """The kernel trusts the promised bounds (it may compute in int32): hold callers to them."""
+    if not epilogue.mul_bound:
+        return
+    for name, values in (("mul", mul), ("res_mul", res_mul)):
+        if values is not None and np.abs(np.asarray(values, np.int64)).max() > epilogue.mul_bound:
+            raise ConfigError(f"requantization {name} exceeds the promised bound "
+                              f"{epilogue.mul_bound}")
+    if np.abs(np.asarray(add, np.int64)).max() > 1 << 30:
+        raise ConfigError("requantization add exceeds 2^30 (needed for int32 arithmetic)")
+
+
 def apply_epilogue(acc: np.ndarray, epilogue: Epilogue, mul=None, add=None, residual=None,
                    res_mul=None):
     """The epilogue operation by operation as spec.py defines it."""
     if epilogue.output == "int32":
         return acc.astype(np.int32)
     if epilogue.output == "codes":
+        _check_requant_bounds(epilogue, mul, add, res_mul)
         total = acc.astype(np.int64) * np.asarray(mul, dtype=np.int64)
         if epilogue.residual:
             total = total + residual.astype(np.int64) * np.asarray(res_mul, dtype=np.int64)

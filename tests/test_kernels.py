@@ -88,24 +88,56 @@ def test_padding_does_not_change_results():
     assert rng is not None
 
 
+@pytest.mark.parametrize("narrow", [False, True], ids=["int64", "int32"])
 @pytest.mark.parametrize("a_bits,w_bits,out_bits,residual", [
     (1, 1, 1, False), (2, 2, 2, True), (3, 5, 4, True), (8, 8, 8, False), (4, 2, 3, True),
 ])
-def test_epilogue_requantized_codes_exact(a_bits, w_bits, out_bits, residual):
+def test_epilogue_requantized_codes_exact(a_bits, w_bits, out_bits, residual, narrow):
     rng = np.random.default_rng(out_bits)
     spec = ConvSpec(2, 8, 8, 40, 24, 3, 1, 1, a_bits, w_bits, word_bits=64,
                     epilogue=Epilogue("codes", residual=residual, out_bits=out_bits, shift=20))
     x, w = random_codes(rng, spec)
-    mul, add = spread_epilogue(rng, x, w, spec)
+    if narrow:  # the largest shift whose constants fit the int32 path
+        bound = spec.int32_mul_bound
+        for shift in range(20, 0, -1):
+            spec = spec.with_(epilogue=Epilogue("codes", residual=residual, out_bits=out_bits,
+                                                shift=shift, mul_bound=bound))
+            mul, add = spread_epilogue(rng, x, w, spec)
+            if np.abs(mul).max() <= bound and np.abs(add).max() <= 1 << 30:
+                break
+        assert spec.requant_dtype == "int32"
+    else:
+        mul, add = spread_epilogue(rng, x, w, spec)
+        assert spec.requant_dtype == "int64"
     res = res_mul = None
     if residual:
+        limit = spec.epilogue.mul_bound or (1 << 20)
         res = rng.integers(0, 1 << out_bits, (2, 8, 8, 24)).astype(np.uint8)
-        res_mul = rng.integers(-(1 << 20), 1 << 20, 24).astype(np.int32)
+        res_mul = rng.integers(-limit, limit + 1, 24).astype(np.int32)
     got = run_conv(spec, x, w, mul, add, res, res_mul)
     expected = ref.bitserial_conv2d(x, w, spec, mul, add, res, res_mul)
     np.testing.assert_array_equal(got, expected)
     # the test means something only if the codes spread over the range
     assert len(np.unique(expected)) >= min(1 << out_bits, 4)
+
+
+def test_int32_requantization_at_its_extremes():
+    """Every code and weight at its extreme, constants at the promised bound: no overflow."""
+    epilogue = Epilogue("codes", out_bits=8, shift=8, mul_bound=1)
+    spec = ConvSpec(1, 3, 3, 64, 4, 3, 1, 1, 4, 3, word_bits=64, epilogue=epilogue)
+    spec = spec.with_(epilogue=Epilogue("codes", out_bits=8, shift=8,
+                                        mul_bound=spec.int32_mul_bound))
+    assert spec.requant_dtype == "int32"
+    x = np.full((1, 3, 3, 64), 15, np.uint8)
+    w = np.full((3, 3, 64, 4), -4)
+    w[..., 1::2] = 3
+    bound = spec.int32_mul_bound
+    mul = np.array([bound, -bound, bound, -bound], np.int32)
+    add = np.array([1 << 30, 1 << 30, -(1 << 30), 0], np.int64)
+    got = run_conv(spec, x, w, mul, add)
+    np.testing.assert_array_equal(got, ref.bitserial_conv2d(x, w, spec, mul, add))
+    with pytest.raises(ConfigError, match="promised bound"):
+        ref.bitserial_conv2d(x, w, spec, mul * 2, add)
 
 
 def test_requantization_rounds_half_up_and_clamps():

@@ -1,0 +1,68 @@
+"""Fixed-point requantization constants from a float rescale.
+
+A quantized layer's output code is clamp(round(acc * scale[co] + offset[co])); the
+kernels compute it in integers as (acc * mul + add) >> shift (spec.py). This picks the
+shift: int32 arithmetic when it keeps at least MIN_MUL_BITS bits of every channel's
+scale (it is about four times cheaper on AVX2, which has no 64-bit multiply), otherwise
+int64 with up to 31 bits of precision.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mpqc.errors import ConfigError
+from mpqc.schedules.spec import ConvSpec, Epilogue
+
+MIN_MUL_BITS = 10
+
+
+def _largest_shift(scale_max: float, offset_max: float, mul_limit: int, add_limit: int,
+                   top: int) -> int:
+    for shift in range(top, 0, -1):
+        if scale_max * 2 ** shift <= mul_limit and offset_max * 2 ** shift <= add_limit:
+            return shift
+    return 0
+
+
+def requant_epilogue(spec: ConvSpec, scale, offset, residual_scale=None,
+                     out_bits: int | None = None):
+    """(Epilogue, mul int32, add int64[, res_mul int32]) for codes output.
+
+    residual_scale[co], if given, multiplies the residual codes before the rounding.
+    """
+    scale = np.asarray(scale, np.float64)
+    offset = np.asarray(offset, np.float64) + 0.5  # round half up = floor(v + 0.5)
+    res = None if residual_scale is None else np.asarray(residual_scale, np.float64)
+    if not (np.isfinite(scale).all() and np.isfinite(offset).all()):
+        raise ConfigError(f"{spec.name}: requantization scale/offset not finite")
+    out_bits = out_bits or spec.epilogue.out_bits
+    scale_max = max(float(np.abs(scale).max()), float(np.abs(res).max()) if res is not None else 0.0)
+    nonzero = np.abs(scale[scale != 0])
+    scale_min = float(nonzero.min()) if nonzero.size else scale_max
+    offset_max = float(np.abs(offset).max())
+
+    bound = spec.int32_mul_bound
+    shift = _largest_shift(scale_max, offset_max, bound, 1 << 30, 30)
+    if shift and scale_min * 2 ** shift >= 2 ** MIN_MUL_BITS:
+        mul_bound = bound
+    else:
+        shift = _largest_shift(scale_max, offset_max, (1 << 31) - 1, 1 << 62, 40)
+        mul_bound = 0
+        if not shift:
+            raise ConfigError(f"{spec.name}: requantization scale {scale_max:g} too large "
+                              "for fixed point")
+    epilogue = Epilogue("codes", residual=res is not None, out_bits=out_bits, shift=shift,
+                        mul_bound=mul_bound)
+    mul = np.round(scale * 2 ** shift).astype(np.int32)
+    add = np.round(offset * 2 ** shift).astype(np.int64)
+    if res is None:
+        return epilogue, mul, add
+    return epilogue, mul, add, np.round(res * 2 ** shift).astype(np.int32)
+
+
+def effective_bits(mul: np.ndarray) -> int:
+    """Bits of precision of the smallest non-zero multiplier (for reports)."""
+    nonzero = np.abs(mul[mul != 0])
+    return int(math.floor(math.log2(nonzero.min()))) + 1 if nonzero.size else 0
