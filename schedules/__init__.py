@@ -2,12 +2,13 @@
 
 Installed as `mpqc.schedules`. The schedule family of a target comes from its data
 (`Target.schedule`); both families share one schedule (tiling.py) and differ in knobs.
-This package never imports torch.
+This package never imports torch, and importing it does not import tvm either (only
+compute, tiling and build do), so torch-side code can share spec.py's integer contract.
 """
 from mpqc.schedules import arm, x86
 from mpqc.schedules.spec import (BIT_RANGE, ConvSpec, Epilogue, check_bits, dense_spec,
                                  pack_word_for, weight_code_range, weight_offset)
-from mpqc.schedules.tiling import Knobs
+from mpqc.schedules.knobs import Knobs
 
 # schedule family name (targets/*.json "schedule") -> default knobs for a SIMD width
 FAMILIES = {"x86": x86.default_knobs, "arm": arm.default_knobs}

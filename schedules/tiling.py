@@ -9,44 +9,11 @@ parallel across threads.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-
 from tvm import s_tir
 
-from mpqc.errors import ConfigError
 from mpqc.schedules.compute import ACC, OUT, WINDOW_SUM
+from mpqc.schedules.knobs import Knobs
 from mpqc.schedules.spec import ConvSpec
-
-REDUCTION_ORDERS = ("window_first", "bits_first")
-
-
-@dataclass(frozen=True)
-class Knobs:
-    tile_w: int = 4             # output pixels per tile (unrolled)
-    tile_co: int = 8            # output channels per tile (vector lanes)
-    unroll_bits: bool = True    # unroll the a x w bit-plane loops
-    reduction_order: str = "window_first"  # (kh, kw, words, i, j) or (i, j, kh, kw, words)
-    parallel: bool = True       # output rows across threads
-
-    def __post_init__(self):
-        if self.tile_w < 1 or self.tile_co < 1:
-            raise ConfigError(f"schedule knobs: tiles must be >= 1, got {self}")
-        if self.reduction_order not in REDUCTION_ORDERS:
-            raise ConfigError(f"schedule knobs: reduction_order {self.reduction_order!r} "
-                              f"is not one of {REDUCTION_ORDERS}")
-
-    def fit(self, spec: ConvSpec) -> "Knobs":
-        """Shrink tiles that exceed the layer (a 10-class dense layer has 10 channels)."""
-        return replace(self, tile_w=_largest_divisor_at_most(spec.out_w, self.tile_w),
-                       tile_co=_largest_divisor_at_most(spec.cout, self.tile_co))
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
 
 def _tile_loops(sch: s_tir.Schedule, acc, spec: ConvSpec, knobs: Knobs) -> dict:
     """Name the accumulator's loops under the tile: compute_at drops unit loops."""

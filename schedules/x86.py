@@ -4,7 +4,7 @@ LLVM lowers the vectorized 64-bit popcount to vpshufb nibble lookups + vpsadbw o
 and to vpopcntq on AVX-512 VPOPCNTDQ; the tile keeps 4 x tile_co int32 accumulators in
 registers (16 ymm / 32 zmm registers).
 """
-from mpqc.schedules.tiling import Knobs
+from mpqc.schedules.knobs import Knobs
 
 
 def default_knobs(simd_bits: int) -> Knobs:

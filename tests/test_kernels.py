@@ -217,3 +217,12 @@ def test_codes_out_of_range_rejected():
         ref.pack_weights(np.full((3, 3, 8, 8), 2), spec)
     with pytest.raises(ConfigError, match="-1 or \\+1"):
         ref.pack_weights(np.zeros((3, 3, 8, 8), int), spec.with_(w_bits=1))
+
+
+def test_contract_modules_do_not_import_tvm():
+    """Torch-side code (quantizers) shares spec.py without pulling in TVM."""
+    import subprocess
+    import sys
+    code = ("import sys, mpqc.schedules, mpqc.schedules.spec, mpqc.schedules.reference, "
+            "mpqc.schedules.requant; assert 'tvm' not in sys.modules and 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
