@@ -21,7 +21,8 @@ def bitpack_nhwc(codes: te.Tensor, spec: ConvSpec) -> te.Tensor:
     word, p = spec.word_bits, spec.padding
     dtype = f"uint{word}"
     hp, wp = spec.padded_hw
-    k = te.reduce_axis((0, word), "k")
+    # a single word holds only `cin` channels: do not loop over the empty bits
+    k = te.reduce_axis((0, min(word, spec.cin) if spec.words == 1 else word), "k")
 
     def plane(n, h, w, i, cw):
         c = cw * word + k
