@@ -216,7 +216,7 @@ def kernel_cmd(target_name, shape, bit_pairs, repeats, tuning_log, rpc_tracker, 
     """
     from mpqc.kernel_check import check_conv, conv_spec_for
     from mpqc.targets import load_target
-    from mpqc.tuning import best_knobs
+    from mpqc.tuning import best_variant
 
     target = load_target(target_name)
     device = _rpc_device(target, rpc_tracker, rpc_key)
@@ -225,7 +225,7 @@ def kernel_cmd(target_name, shape, bit_pairs, repeats, tuning_log, rpc_tracker, 
     for pair in bit_pairs:
         a_bits, w_bits = _parse_ints(pair.replace("x", ","), 2, "--bits")
         spec = conv_spec_for(*dims, a_bits, w_bits, target)
-        knobs = best_knobs(tuning_log, spec, target)
+        spec, knobs = (best_variant(tuning_log, spec, target) or (spec, None))[:2]
         results.append(check_conv(spec, target, knobs, repeats=repeats, device=device))
     if as_json:
         _echo_json([r.to_json() for r in results])
@@ -257,26 +257,30 @@ def tune_cmd(target_name, shape, bit_pairs, log_path, trials, repeats):
 
     Every choice (output tile width, channel tile, reduction order, bit-loop
     unrolling) is built, checked integer-exact against numpy and timed; each result
-    is appended to the log at once. Rerunning skips what the log already holds, so
-    an interrupted tuning resumes. `mpqc kernel --tuning-log` uses the best entry.
+    is appended to the log at once, for every pack word the target supports (the
+    word is compared with its bit-packing time included). Rerunning skips what the
+    log already holds, so an interrupted tuning resumes. `mpqc kernel --tuning-log`
+    and `mpqc bench kernels --tuning-log` use the best entry.
     """
     from tqdm import tqdm
 
     from mpqc.kernel_check import conv_spec_for
     from mpqc.targets import load_target
-    from mpqc.tuning import knob_space, tune_conv
+    from mpqc.tuning import knob_space, tune_layer
 
     target = load_target(target_name)
     dims = _parse_ints(shape, 7, "--shape")
     for pair in bit_pairs:
         a_bits, w_bits = _parse_ints(pair.replace("x", ","), 2, "--bits")
         spec = conv_spec_for(*dims, a_bits, w_bits, target)
-        best = tune_conv(spec, target, log_path, knob_space(trials), repeats=repeats,
-                         progress=lambda it: tqdm(it, desc=f"tune {spec.name}", unit="knobs"))
+        best = tune_layer(spec, target, log_path, knob_space(trials), repeats=repeats,
+                          progress=lambda it: tqdm(it, desc=f"tune {spec.name}", unit="knobs"))
         if best is None:
             raise BuildError(f"tuning {spec.name} on {target.name}: no knob choice built and "
                              f"ran exactly; see the error records in {log_path}")
-        click.echo(f"{spec.name}: best {best.median_ms:.4f} ms with {best.knobs}")
+        chosen, knobs, total_ms = best
+        click.echo(f"{spec.name}: best {total_ms:.4f} ms (pack + conv) with "
+                   f"{chosen.word_bits}-bit words and {knobs.to_json()}")
 
 
 @main.group("bench")
@@ -313,13 +317,13 @@ def bench_kernels_cmd(target_name, shape_names, bit_pairs, threads, repeats, tun
     from mpqc.bench.kernels import bench_kernels, plot_speedups
     from mpqc.bench.shapes import get_shape
     from mpqc.targets import load_target
-    from mpqc.tuning import best_knobs
+    from mpqc.tuning import best_variant
 
     target = load_target(target_name)
     shapes = [get_shape(name) for name in shape_names]
     pairs = [_parse_ints(p.replace("x", ","), 2, "--bits") for p in bit_pairs]
     results = bench_kernels(shapes, pairs, threads, target,
-                            knobs_for=lambda spec: best_knobs(tuning_log, spec, target),
+                            variant_for=lambda spec: best_variant(tuning_log, spec, target),
                             repeats=repeats,
                             progress=lambda it: tqdm(it, desc="shapes", unit="shape"))
     rows = [[r.shape, f"{r.bits[0]}x{r.bits[1]}", f"{r.mpqc_ms:.3f}", f"{r.roofline_ms:.3f}",

@@ -1,5 +1,9 @@
 """Schedule tuning: measure knob choices of a bit-serial kernel, keep the best in a log.
 
+A kernel variant is a pack word (8/16/32/64 bits: it changes the data layout, so it is
+part of the kernel) and schedule knobs; a layer's variants are compared on the time of
+the activation bit-packing plus the convolution, as the network runs them.
+
 The log is JSON lines, one record per measured (target, kernel, knobs), appended and
 flushed at once, so a killed run loses at most the record in flight; a torn last line
 is skipped on reading and a rerun measures only what is not in the log yet. Builds and
@@ -42,6 +46,11 @@ class TuningRecord:
     exact: bool
     error: str = ""
     timestamp: float = 0.0
+    pack_ms: float = 0.0        # the activation bit-packing kernel of this word
+
+    @property
+    def total_ms(self) -> float:
+        return self.median_ms + self.pack_ms
 
     def to_json(self) -> dict:
         return {"schema": SCHEMA_VERSION, **self.__dict__}
@@ -87,6 +96,25 @@ def best_knobs(path: str | Path | None, spec: ConvSpec, target) -> Knobs | None:
     return Knobs(**min(done, key=lambda r: r.median_ms).knobs) if done else None
 
 
+def word_variants(spec: ConvSpec, target) -> list[ConvSpec]:
+    """The layer packed into each word the target supports (8 bits up to its own)."""
+    return [spec.with_(word_bits=w) for w in (8, 16, 32, 64) if w <= target.pack_word_bits]
+
+
+def best_variant(path: str | Path | None, spec: ConvSpec, target):
+    """(spec with the best word, its best knobs, total ms) measured in the log, or None."""
+    if path is None:
+        return None
+    tkey = target_key(target)
+    by_kernel = {kernel_key(v): v for v in word_variants(spec, target)}
+    done = [r for r in read_log(path) if r.kernel in by_kernel and r.target_key == tkey
+            and r.exact and r.median_ms is not None]
+    if not done:
+        return None
+    best = min(done, key=lambda r: r.total_ms)
+    return by_kernel[best.kernel], Knobs(**best.knobs), best.total_ms
+
+
 def knob_space(max_trials: int | None = None) -> list[Knobs]:
     """The candidate knobs, most promising first (register-sized tiles)."""
     space = [Knobs(tile_w=tw, tile_co=tc, reduction_order=order, unroll_bits=unroll)
@@ -110,11 +138,12 @@ def tune_conv(spec: ConvSpec, target, log_path: str | Path,
         if fitted not in seen and fitted not in queued:  # tiles fitted to the layer collide
             queued.add(fitted)
             todo.append(knobs.fit(spec))
+    pack_ms = _pack_ms(spec, target, repeats) if todo else 0.0
     for knobs in progress(todo):
         try:
             check = check_conv(spec, target, knobs, repeats=repeats)
             record = TuningRecord(target.name, tkey, key, knobs.to_json(), check.median_ms,
-                                  check.exact, timestamp=time.time())
+                                  check.exact, timestamp=time.time(), pack_ms=pack_ms)
         except BuildError as exc:  # a knob the compiler rejects is a result, not a crash
             record = TuningRecord(target.name, tkey, key, knobs.to_json(), None, False,
                                   error=str(exc), timestamp=time.time())
@@ -122,3 +151,27 @@ def tune_conv(spec: ConvSpec, target, log_path: str | Path,
     done = [r for r in read_log(log_path) if r.kernel == key and r.target_key == tkey
             and r.exact and r.median_ms is not None]
     return min(done, key=lambda r: r.median_ms) if done else None
+
+
+def _pack_ms(spec: ConvSpec, target, repeats: int) -> float:
+    import numpy as np
+    import tvm
+
+    from mpqc.bench.timing import time_tvm
+    from mpqc.schedules.build import build_bitpack
+
+    dev = tvm.cpu()
+    hp, wp = spec.padded_hw
+    args = [np.zeros((spec.n, spec.h, spec.w, spec.cin), np.uint8),
+            np.zeros((spec.n, hp, wp, spec.a_bits, spec.words), f"uint{spec.word_bits}")]
+    return time_tvm(build_bitpack(spec, target), "main", dev,
+                    [tvm.runtime.tensor(a, dev) for a in args], repeats=repeats).median_ms
+
+
+def tune_layer(spec: ConvSpec, target, log_path: str | Path,
+               candidates: Iterable[Knobs] | None = None, repeats: int = 10,
+               progress: Callable[[Iterable], Iterable] = lambda it: it):
+    """Tune every word variant of a layer; returns best_variant of the log."""
+    for variant in word_variants(spec, target):
+        tune_conv(variant, target, log_path, candidates, repeats, progress)
+    return best_variant(log_path, spec, target)

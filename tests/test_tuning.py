@@ -38,3 +38,18 @@ def test_best_knobs_ignores_other_kernels_and_missing_log(tmp_path):
     tune_conv(SPEC, HOST, log, knob_space()[:1], repeats=3)
     other = SPEC.with_(a_bits=1)
     assert best_knobs(log, other, HOST) is None
+
+
+def test_layer_tuning_compares_words_with_packing(tmp_path):
+    from mpqc.tuning import best_variant, tune_layer, word_variants
+    log = tmp_path / "tune.jsonl"
+    spec = conv_spec_for(6, 6, 24, 8, 3, 1, 1, 1, 2, HOST)
+    variants = word_variants(spec, HOST)
+    assert [v.word_bits for v in variants] == [8, 16, 32, 64]
+    chosen, knobs, total = tune_layer(spec, HOST, log, knob_space()[:1], repeats=3)
+    records = read_log(log)
+    assert {r.kernel for r in records} == {kernel_key(v) for v in variants}
+    assert all(r.pack_ms > 0 for r in records)
+    fastest = min(records, key=lambda r: r.median_ms + r.pack_ms)
+    assert kernel_key(chosen) == fastest.kernel and total == fastest.total_ms
+    assert best_variant(log, spec, HOST)[0] == chosen

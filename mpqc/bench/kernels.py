@@ -29,6 +29,7 @@ class KernelBench:
     mpqc_ms: float
     mpqc_conv_ms: float
     mpqc_exact: bool
+    word_bits: int
     torch_fp32_ms: float
     ort_fp32_ms: float
     ort_int8_ms: float
@@ -44,7 +45,7 @@ class KernelBench:
         return out
 
 
-def _time_mpqc(shape: ConvShape, a: int, w: int, target, knobs, repeats: int):
+def _time_mpqc(shape: ConvShape, a: int, w: int, target, variant_for, repeats: int):
     import tvm
 
     from mpqc.kernel_check import check_conv, conv_spec_for
@@ -53,7 +54,7 @@ def _time_mpqc(shape: ConvShape, a: int, w: int, target, knobs, repeats: int):
 
     spec = conv_spec_for(shape.h, shape.w, shape.cin, shape.cout, shape.kernel, shape.stride,
                          shape.padding, a, w, target)
-    knobs = knobs(spec) or default_knobs(target)
+    spec, knobs = (variant_for(spec) or (spec, default_knobs(target)))[:2]
     exact = check_conv(spec, target, knobs, time_it=False).exact
     lib = build_conv(spec, target, knobs)
     rng = np.random.default_rng(0)
@@ -67,11 +68,11 @@ def _time_mpqc(shape: ConvShape, a: int, w: int, target, knobs, repeats: int):
     conv_ms = time_tvm(lib, "main", dev, tensors, repeats=repeats).median_ms
     pack_ms = time_tvm(build_bitpack(spec, target), "main", dev,
                        [tvm.runtime.tensor(codes, dev), tensors[0]], repeats=repeats).median_ms
-    return pack_ms + conv_ms, conv_ms, exact, knobs.fit(spec).to_json()
+    return pack_ms + conv_ms, conv_ms, exact, knobs.fit(spec).to_json(), spec.word_bits
 
 
 def bench_kernels(shapes: Iterable[ConvShape], pairs: Iterable[tuple[int, int]], threads: int,
-                  target, knobs_for: Callable = lambda spec: None, repeats: int = 30,
+                  target, variant_for: Callable = lambda spec: None, repeats: int = 30,
                   roofline: Roofline | None = None,
                   progress: Callable[[Iterable], Iterable] = lambda it: it) -> list[KernelBench]:
     from mpqc.targets import runs_on_host
@@ -90,11 +91,11 @@ def bench_kernels(shapes: Iterable[ConvShape], pairs: Iterable[tuple[int, int]],
         ort_ms = peers.ort_fp32(shape, threads, repeats).median_ms
         int8_ms = peers.ort_int8(shape, threads, repeats).median_ms
         for a, w in pairs:
-            mpqc_ms, conv_ms, exact, knobs = _time_mpqc(shape, a, w, target, knobs_for, repeats)
+            mpqc_ms, conv_ms, exact, knobs, word = _time_mpqc(shape, a, w, target, variant_for, repeats)
             topi_ms = peers.tvm_topi_bitserial(shape, a, w, threads, repeats).median_ms
             results.append(KernelBench(
                 shape=shape.name, bits=(a, w), threads=threads, mpqc_ms=mpqc_ms,
-                mpqc_conv_ms=conv_ms, mpqc_exact=exact, torch_fp32_ms=torch_ms, ort_fp32_ms=ort_ms,
+                mpqc_conv_ms=conv_ms, mpqc_exact=exact, word_bits=word, torch_fp32_ms=torch_ms, ort_fp32_ms=ort_ms,
                 ort_int8_ms=int8_ms, tvm_topi_ms=topi_ms,
                 roofline_ms=roofline_ms(shape.macs, a, w, roofline),
                 roofline_gbmacs=roofline.best_gbmacs, cpu=roofline.cpu, knobs=knobs))
