@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.mpqc-installed
 JOBS ?= 2
 
-.PHONY: setup test test-slow test-all demo clean lint
+.PHONY: setup test test-slow test-all test-arm64 arm64-device demo clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,14 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow -q
+
+test-arm64: setup arm64-device
+	$(PY) -m pytest -q tests/test_arm64_device.py
+
+# the emulated ARM64 board (qemu-user + Debian arm64 Python + aarch64 TVM), for checking
+# cross-compiled kernels; installs qemu-user-static, debootstrap, g++-aarch64-linux-gnu
+arm64-device: setup
+	bash tools/arm64/setup.sh
 
 test-all: setup
 	$(PY) -m pytest -q
