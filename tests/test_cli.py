@@ -92,6 +92,12 @@ def test_bench_kernels_json_and_plot(tmp_path):
     # the roofline scales with a*w on one shape
     assert abs(rows[1]["roofline_ms"] / rows[0]["roofline_ms"] - 4) < 1e-9
     assert png.read_bytes()[:4] == b"\x89PNG"
+    # the roofline is per core: two threads halve the floor
+    two = tmp_path / "two.json"
+    run("bench", "kernels", "--shape", "resnet20.layer3", "--bits", "1x1", "--threads", "2",
+        "--repeats", "3", "--json", str(two))
+    ratio = json.loads(two.read_text())[0]["roofline_ms"] / rows[0]["roofline_ms"]
+    assert 0.35 < ratio < 0.65  # two roofline measurements of one CPU, halved
 
 
 def test_data_and_eval_commands():

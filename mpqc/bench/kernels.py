@@ -97,7 +97,8 @@ def bench_kernels(shapes: Iterable[ConvShape], pairs: Iterable[tuple[int, int]],
                 shape=shape.name, bits=(a, w), threads=threads, mpqc_ms=mpqc_ms,
                 mpqc_conv_ms=conv_ms, mpqc_exact=exact, word_bits=word, torch_fp32_ms=torch_ms, ort_fp32_ms=ort_ms,
                 ort_int8_ms=int8_ms, tvm_topi_ms=topi_ms,
-                roofline_ms=roofline_ms(shape.macs, a, w, roofline),
+                # the roofline is per core: with n threads the floor is n times lower
+                roofline_ms=roofline_ms(shape.macs, a, w, roofline) / threads,
                 roofline_gbmacs=roofline.best_gbmacs, cpu=roofline.cpu, knobs=knobs))
     return results
 
