@@ -60,6 +60,24 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _model_options(command):
+    """--model and --weights, as every command that takes a network spells them."""
+    command = click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                           help="State dict to load (torch.load with weights_only=True).")(command)
+    return click.option("--model", "model_spec", required=True,
+                        help="resnet20, democnn or package.module:function.")(command)
+
+
+def _conv_options(command):
+    """--target and --shape of the single-kernel commands."""
+    command = click.option("--shape", required=True, metavar="H,W,CIN,COUT,K,S,P",
+                           help="Input height, width, channels in/out, kernel, stride, "
+                                "padding.")(command)
+    return click.option("--target", "target_name", default="host", show_default=True,
+                        help="Target name or target .json path (must run on this machine, "
+                             "or on --rpc-tracker where offered).")(command)
+
+
 @main.command("targets")
 @click.argument("names", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of target objects.")
@@ -119,10 +137,7 @@ def data_cmd(spec: str, cache: str | None, as_json: bool) -> None:
 
 
 @main.command("import")
-@click.option("--model", "model_spec", required=True,
-              help="resnet20, democnn or package.module:function.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="State dict to load (torch.load with weights_only=True).")
+@_model_options
 @click.option("--input-shape", default=None,
               help="C,H,W of one input (default: the built-in model's own).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
@@ -154,10 +169,7 @@ def import_cmd(model_spec: str, weights: str | None, input_shape: str | None,
 
 
 @main.command("eval")
-@click.option("--model", "model_spec", required=True,
-              help="resnet20, democnn or package.module:function.")
-@click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="State dict to load (torch.load with weights_only=True).")
+@_model_options
 @click.option("--data", "data_spec", required=True,
               help="mnist, cifar10:DIR or imagefolder:PATH.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
@@ -192,10 +204,7 @@ def eval_cmd(model_spec, weights, data_spec, split, limit, cache, as_json):
 
 
 @main.command("kernel")
-@click.option("--target", "target_name", default="host", show_default=True,
-              help="Target name or target .json path (must run on this machine).")
-@click.option("--shape", required=True, metavar="H,W,CIN,COUT,K,S,P",
-              help="Input height, width, channels in/out, kernel, stride, padding.")
+@_conv_options
 @click.option("--bits", "bit_pairs", multiple=True, default=["1x1", "2x2"], show_default=True,
               metavar="AxW", help="Activation x weight bits; repeat for several pairs.")
 @click.option("--repeats", default=10, show_default=True, help="Timed repeats (median reported).")
@@ -241,10 +250,7 @@ def kernel_cmd(target_name, shape, bit_pairs, repeats, tuning_log, rpc_tracker, 
 
 
 @main.command("tune")
-@click.option("--target", "target_name", default="host", show_default=True,
-              help="Target name or target .json path (must run on this machine).")
-@click.option("--shape", required=True, metavar="H,W,CIN,COUT,K,S,P",
-              help="Input height, width, channels in/out, kernel, stride, padding.")
+@_conv_options
 @click.option("--bits", "bit_pairs", multiple=True, default=["1x1"], show_default=True,
               metavar="AxW", help="Activation x weight bits; repeat for several pairs.")
 @click.option("--log", "log_path", default="tuning.jsonl", show_default=True,

@@ -31,3 +31,15 @@ class BuildError(MpqcError):
 
 class DeviceError(MpqcError):
     """A local or remote (RPC) device could not run or measure what was asked."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The headline of a foreign exception (torch, pickle, importlib) for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def last_line(exc: BaseException) -> str:
+    """TVM puts its traceback first and the message last."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__

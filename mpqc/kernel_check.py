@@ -108,13 +108,26 @@ def check_conv(spec: ConvSpec, target, knobs: Knobs | None = None, repeats: int 
         lib["main"](*tensors)
         mismatches = int((tensors[-1].numpy() != expected).sum())
     if time_it:
-        lib["main"](*tensors)  # warm-up
-        result = lib.mod.time_evaluator("main", dev, number=max(1, 50 // repeats),
-                                        repeat=repeats, min_repeat_ms=20)(*tensors)
-        samples = np.array(result.results) * 1e3
-        timing = [float(np.median(samples)), float(samples.min()), float(samples.max())]
+        from mpqc.bench.timing import time_tvm
+        measured = time_tvm(lib, "main", dev, tensors, repeats=repeats)
+        timing = [measured.median_ms, measured.min_ms, measured.max_ms]
     gbmacs = (spec.a_bits * spec.w_bits * spec.macs / timing[0] / 1e6) if timing[0] else None
     return KernelCheck(spec=spec.name, target=target.name, a_bits=spec.a_bits,
                        w_bits=spec.w_bits, knobs=knobs.fit(spec).to_json(),
                        exact=mismatches == 0, mismatches=mismatches, median_ms=timing[0],
                        min_ms=timing[1], max_ms=timing[2], gbmacs=gbmacs)
+
+
+def time_bitpack(spec: ConvSpec, target, repeats: int = 10) -> float:
+    """Median ms of the activation bit-packing kernel of a layer on this machine."""
+    import tvm
+
+    from mpqc.bench.timing import time_tvm
+    from mpqc.schedules.build import build_bitpack
+
+    dev = tvm.cpu()
+    hp, wp = spec.padded_hw
+    args = [np.zeros((spec.n, spec.h, spec.w, spec.cin), np.uint8),
+            np.zeros((spec.n, hp, wp, spec.a_bits, spec.words), f"uint{spec.word_bits}")]
+    return time_tvm(build_bitpack(spec, target), "main", dev,
+                    [tvm.runtime.tensor(a, dev) for a in args], repeats=repeats).median_ms

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpqc.errors import BuildError, DeviceError
+from mpqc.errors import BuildError, DeviceError, last_line
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,13 @@ def connect(device: RpcDevice):
         tracker = rpc.connect_tracker(device.tracker_host, device.tracker_port)
     except Exception as exc:
         raise DeviceError(f"cannot reach the RPC tracker {device.tracker_host}:"
-                          f"{device.tracker_port}: {str(exc).strip().splitlines()[-1]}; "
+                          f"{device.tracker_port}: {last_line(exc)}; "
                           "start it (python -m tvm.exec.rpc_tracker) or fix --rpc-tracker") from exc
     try:
         return tracker.request(device.key, priority=1, session_timeout=device.session_timeout)
     except Exception as exc:
         raise DeviceError(f"no device answered for {device}: "
-                          f"{str(exc).strip().splitlines()[-1]}; check that a board's RPC "
+                          f"{last_line(exc)}; check that a board's RPC "
                           "server is registered under that key") from exc
 
 
@@ -98,4 +98,4 @@ def run_remote(lib, target, device: RpcDevice, func: str, args: list[np.ndarray]
             raise
         except Exception as exc:
             raise DeviceError(f"running {func} for target {target.name} on {device} failed: "
-                              f"{str(exc).strip().splitlines()[-1]}") from exc
+                              f"{last_line(exc)}") from exc

@@ -127,7 +127,7 @@ def tune_conv(spec: ConvSpec, target, log_path: str | Path,
               candidates: Iterable[Knobs] | None = None, repeats: int = 10,
               progress: Callable[[Iterable], Iterable] = lambda it: it) -> TuningRecord | None:
     """Measure every candidate not yet in the log; return the best record of the log."""
-    from mpqc.kernel_check import check_conv
+    from mpqc.kernel_check import check_conv, time_bitpack
 
     key, tkey = kernel_key(spec), target_key(target)
     seen = {json.dumps(r.knobs, sort_keys=True) for r in read_log(log_path)
@@ -138,7 +138,7 @@ def tune_conv(spec: ConvSpec, target, log_path: str | Path,
         if fitted not in seen and fitted not in queued:  # tiles fitted to the layer collide
             queued.add(fitted)
             todo.append(knobs.fit(spec))
-    pack_ms = _pack_ms(spec, target, repeats) if todo else 0.0
+    pack_ms = time_bitpack(spec, target, repeats) if todo else 0.0
     for knobs in progress(todo):
         try:
             check = check_conv(spec, target, knobs, repeats=repeats)
@@ -151,21 +151,6 @@ def tune_conv(spec: ConvSpec, target, log_path: str | Path,
     done = [r for r in read_log(log_path) if r.kernel == key and r.target_key == tkey
             and r.exact and r.median_ms is not None]
     return min(done, key=lambda r: r.median_ms) if done else None
-
-
-def _pack_ms(spec: ConvSpec, target, repeats: int) -> float:
-    import numpy as np
-    import tvm
-
-    from mpqc.bench.timing import time_tvm
-    from mpqc.schedules.build import build_bitpack
-
-    dev = tvm.cpu()
-    hp, wp = spec.padded_hw
-    args = [np.zeros((spec.n, spec.h, spec.w, spec.cin), np.uint8),
-            np.zeros((spec.n, hp, wp, spec.a_bits, spec.words), f"uint{spec.word_bits}")]
-    return time_tvm(build_bitpack(spec, target), "main", dev,
-                    [tvm.runtime.tensor(a, dev) for a in args], repeats=repeats).median_ms
 
 
 def tune_layer(spec: ConvSpec, target, log_path: str | Path,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, te
 
-from mpqc.errors import BuildError, ConfigError
+from mpqc.errors import BuildError, ConfigError, last_line
 from mpqc.schedules import FAMILIES
 from mpqc.schedules.compute import PACK, bitpack_nhwc, bitserial_conv2d_nhwc
 from mpqc.schedules.spec import ConvSpec
@@ -47,7 +47,7 @@ def compile_prim_func(func: tvm.tirx.PrimFunc, target, what: str):
         return tvm.compile(tvm.IRModule({func.attrs["global_symbol"]: func}), tvm_target(target))
     except Exception as exc:  # TVM raises many error types; report them as one
         raise BuildError(f"building {what} for target {target.name} failed: "
-                         f"{str(exc).strip().splitlines()[-1]}") from exc
+                         f"{last_line(exc)}") from exc
 
 
 def build_conv(spec: ConvSpec, target, knobs: Knobs | None = None):

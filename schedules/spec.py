@@ -48,6 +48,10 @@ def weight_code_range(w_bits: int) -> tuple[int, int]:
     return (-1, 1) if w_bits == 1 else (-(1 << (w_bits - 1)), (1 << (w_bits - 1)) - 1)
 
 
+def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def pack_word_for(channels: int, target_word_bits: int) -> int:
     """Smallest word of 8/16/32/64 bits that holds the channels, capped at the target's.
 
@@ -128,11 +132,11 @@ class ConvSpec:
 
     @property
     def out_h(self) -> int:
-        return (self.h + 2 * self.padding - self.kernel) // self.stride + 1
+        return conv_out_size(self.h, self.kernel, self.stride, self.padding)
 
     @property
     def out_w(self) -> int:
-        return (self.w + 2 * self.padding - self.kernel) // self.stride + 1
+        return conv_out_size(self.w, self.kernel, self.stride, self.padding)
 
     @property
     def macs(self) -> int:

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mpqc.errors import TargetError
+from mpqc.errors import TargetError, last_line
 
 SCHEMA_VERSION = 1
 ARCHES = ("x86_64", "aarch64")
@@ -206,7 +206,7 @@ def tvm_target(target: Target):
         return tvm.target.Target(target.tvm_target)
     except Exception as exc:  # TVM raises its own error types for bad dicts
         raise TargetError(f"target {target.name}: TVM rejects {target.tvm_target}: "
-                          f"{str(exc).splitlines()[-1]}") from exc
+                          f"{last_line(exc)}") from exc
 
 
 def runs_on_host(target: Target) -> bool:

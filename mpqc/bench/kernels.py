@@ -12,12 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
-import numpy as np
-
 from mpqc.bench import peers
 from mpqc.bench.roofline import Roofline, measure_roofline, roofline_ms
 from mpqc.bench.shapes import ConvShape
-from mpqc.bench.timing import set_threads, time_tvm
+from mpqc.bench.timing import set_threads
 from mpqc.errors import DeviceError
 
 
@@ -46,29 +44,16 @@ class KernelBench:
 
 
 def _time_mpqc(shape: ConvShape, a: int, w: int, target, variant_for, repeats: int):
-    import tvm
-
-    from mpqc.kernel_check import check_conv, conv_spec_for
-    from mpqc.schedules import reference as ref
-    from mpqc.schedules.build import build_bitpack, build_conv, default_knobs
+    from mpqc.kernel_check import check_conv, conv_spec_for, time_bitpack
+    from mpqc.schedules.build import default_knobs
 
     spec = conv_spec_for(shape.h, shape.w, shape.cin, shape.cout, shape.kernel, shape.stride,
                          shape.padding, a, w, target)
     spec, knobs = (variant_for(spec) or (spec, default_knobs(target)))[:2]
-    exact = check_conv(spec, target, knobs, time_it=False).exact
-    lib = build_conv(spec, target, knobs)
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 1 << a, (1, shape.h, shape.w, shape.cin)).astype(np.uint8)
-    weights = np.ones((shape.kernel, shape.kernel, shape.cin, shape.cout), np.int64)
-    args = [ref.pack_activations(codes, spec), ref.pack_weights(weights, spec),
-            np.ones(shape.cout, np.int32), np.zeros(shape.cout, np.int64),
-            np.zeros((1, spec.out_h, spec.out_w, shape.cout), np.uint8)]
-    dev = tvm.cpu()
-    tensors = [tvm.runtime.tensor(x, dev) for x in args]
-    conv_ms = time_tvm(lib, "main", dev, tensors, repeats=repeats).median_ms
-    pack_ms = time_tvm(build_bitpack(spec, target), "main", dev,
-                       [tvm.runtime.tensor(codes, dev), tensors[0]], repeats=repeats).median_ms
-    return pack_ms + conv_ms, conv_ms, exact, knobs.fit(spec).to_json(), spec.word_bits
+    check = check_conv(spec, target, knobs, repeats=repeats)  # exact and timed, one build
+    pack_ms = time_bitpack(spec, target, repeats)
+    return (pack_ms + check.median_ms, check.median_ms, check.exact, knobs.fit(spec).to_json(),
+            spec.word_bits)
 
 
 def bench_kernels(shapes: Iterable[ConvShape], pairs: Iterable[tuple[int, int]], threads: int,

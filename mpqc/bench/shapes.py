@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpqc.errors import ConfigError
+from mpqc.schedules.spec import conv_out_size
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,11 @@ class ConvShape:
 
     @property
     def out_h(self) -> int:
-        return (self.h + 2 * self.padding - self.kernel) // self.stride + 1
+        return conv_out_size(self.h, self.kernel, self.stride, self.padding)
 
     @property
     def out_w(self) -> int:
-        return (self.w + 2 * self.padding - self.kernel) // self.stride + 1
+        return conv_out_size(self.w, self.kernel, self.stride, self.padding)
 
     @property
     def macs(self) -> int:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from mpqc.errors import ModelError
+from mpqc.errors import ModelError, first_line
 
 FIRST_LAYER_REASON = "first layer stays 8-bit"
 LAST_LAYER_REASON = "last layer stays 8-bit"
@@ -62,7 +62,7 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, int, int],
     except Exception as exc:
         raise ModelError(f"model {type(model).__name__} fails on an input of shape "
                          f"(1, {', '.join(map(str, shape))}): {type(exc).__name__}: "
-                         f"{_first_line(exc)}; pass the (C, H, W) the model expects") from exc
+                         f"{first_line(exc)}; pass the (C, H, W) the model expects") from exc
     finally:
         for handle in handles:
             handle.remove()
@@ -169,7 +169,3 @@ def _device_dtype(model: nn.Module) -> dict:
         return {}
     return {"device": param.device, "dtype": param.dtype}
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else "no message"

@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from mpqc.errors import ModelError
+from mpqc.errors import ModelError, first_line
 from mpqc.models.democnn import democnn
 from mpqc.models.resnet_cifar import resnet20
 
@@ -66,7 +66,7 @@ def _resolve_factory(spec: str) -> Callable[..., object]:
         obj = importlib.import_module(module_name)
     except Exception as exc:  # a user's module can fail in any way while importing
         raise ModelError(f"model {spec!r}: cannot import module {module_name!r} "
-                         f"({type(exc).__name__}: {_first_line(exc)}); check that it is on "
+                         f"({type(exc).__name__}: {first_line(exc)}); check that it is on "
                          f"sys.path (PYTHONPATH) and imports cleanly") from exc
     for part in attr_path.split("."):
         if not hasattr(obj, part):
@@ -86,7 +86,7 @@ def _build_user_model(spec: str, num_classes: int | None) -> nn.Module:
         model = factory(num_classes=num_classes) if pass_classes else factory()
     except Exception as exc:
         raise ModelError(f"model {spec!r}: the factory raised {type(exc).__name__}: "
-                         f"{_first_line(exc)}; it must be callable with no arguments "
+                         f"{first_line(exc)}; it must be callable with no arguments "
                          f"(or with num_classes=...)") from exc
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {spec!r}: the factory returned a {type(model).__name__}, "
@@ -117,7 +117,3 @@ def _accepts_num_classes(factory: Callable[..., object]) -> bool:
 def _is_dotted_name(text: str) -> bool:
     return bool(text) and all(part.isidentifier() for part in text.split("."))
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else "no message"

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpqc.errors import ModelError
+from mpqc.errors import ModelError, first_line
 
 _CONTAINER_KEYS = ("state_dict", "model")  # {"state_dict": ...} (akamaster), {"model": ...}
 _DATAPARALLEL_PREFIX = "module."
@@ -33,7 +33,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # anything the pre-check did not foresee (dtype, custom hooks)
         raise ModelError(f"weights file {path} does not load into "
-                         f"{type(model).__name__}: {_first_line(exc)}") from exc
+                         f"{type(model).__name__}: {first_line(exc)}") from exc
 
 
 def _unreadable_reason(exc: Exception) -> str:
@@ -94,7 +94,3 @@ def _few(items: list[str]) -> str:
     more = f", ... +{len(items) - _SHOW}" if len(items) > _SHOW else ""
     return ", ".join(items[:_SHOW]) + more
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else "no message"
