@@ -289,9 +289,23 @@ def tune_cmd(target_name, shape, bit_pairs, log_path, trials, repeats):
                    f"{chosen.word_bits}-bit words and {knobs.to_json()}")
 
 
-@main.group("bench")
+class _BenchGroup(click.Group):
+    """`mpqc bench kernels ...` or `mpqc bench FILE.so ...` (the library benchmark).
+
+    An argument that names no subcommand is taken as the library to benchmark.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-") \
+                and "library" in self.commands:
+            args = ["library", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group("bench", cls=_BenchGroup)
 def bench_group():
-    """Benchmarks: kernels against their peers (same run, same threads)."""
+    """Benchmarks against peers (same run, same threads): `mpqc bench kernels` for the
+    bit-serial kernels, `mpqc bench FILE.so` for a compiled library."""
 
 
 @bench_group.command("kernels")
@@ -382,6 +396,27 @@ def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
     if min(dims) < 1:
         raise click.BadParameter(f"{text!r}: sizes must be positive", param_hint="--input-shape")
     return dims  # type: ignore[return-value]
+
+
+# Commands of the larger subsystems live beside their own code; each module defines
+# register(main). Importing them here (after every helper above exists) keeps one group.
+_COMMAND_MODULES = ("mpqc.cli_latency", "mpqc.cli_search", "mpqc.cli_deploy",
+                    "mpqc.cli_pipeline")
+
+
+def _register_command_modules() -> None:
+    import importlib
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(main)
+
+
+_register_command_modules()
 
 
 if __name__ == "__main__":  # pragma: no cover
