@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from mpqc.errors import BuildError, ConfigError
+from mpqc.jsonl import append_jsonl, read_jsonl
 from mpqc.schedules import ConvSpec, Knobs
 
 SCHEMA_VERSION = 1
@@ -58,15 +58,8 @@ class TuningRecord:
 
 def read_log(path: str | Path) -> list[TuningRecord]:
     """Every complete record of a log; a torn (partial) line is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
     records = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a run killed mid-write leaves at most one torn line
+    for row in read_jsonl(path):
         row.pop("schema", None)
         try:
             records.append(TuningRecord(**row))
@@ -76,14 +69,7 @@ def read_log(path: str | Path) -> list[TuningRecord]:
 
 
 def append_record(path: str | Path, record: TuningRecord) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        if f.tell() > 0 and not path.read_bytes().endswith(b"\n"):
-            f.write("\n")  # end a torn line left by a killed run
-        f.write(json.dumps(record.to_json()) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, record.to_json())
 
 
 def best_knobs(path: str | Path | None, spec: ConvSpec, target) -> Knobs | None:

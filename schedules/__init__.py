@@ -10,8 +10,12 @@ from mpqc.schedules.spec import (BIT_RANGE, ConvSpec, Epilogue, check_bits, dens
                                  pack_word_for, weight_code_range, weight_offset)
 from mpqc.schedules.knobs import Knobs
 
+# Bumped whenever a compute or schedule change alters kernel speed: latency records
+# measured under another version are stale (not skipped by `measure`, not fitted).
+SCHEDULE_VERSION = 2
+
 # schedule family name (targets/*.json "schedule") -> default knobs for a SIMD width
 FAMILIES = {"x86": x86.default_knobs, "arm": arm.default_knobs}
 
-__all__ = ["BIT_RANGE", "ConvSpec", "Epilogue", "Knobs", "FAMILIES", "check_bits",
+__all__ = ["SCHEDULE_VERSION", "BIT_RANGE", "ConvSpec", "Epilogue", "Knobs", "FAMILIES", "check_bits",
            "dense_spec", "pack_word_for", "weight_code_range", "weight_offset"]

@@ -1,0 +1,179 @@
+"""`mpqc measure`, `mpqc fit`, `mpqc predict`: the latency model's command line."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+
+def _layers(model_spec: str, input_shape: str | None):
+    from mpqc.cli import _parse_shape
+    from mpqc.importer import import_model
+    return import_model(model_spec, input_shape=_parse_shape(input_shape)).layers
+
+
+@click.command("measure")
+@click.option("--target", "target_name", default="host", show_default=True,
+              help="Target name or .json path.")
+@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+              help="Latency database (JSON lines); appended to, never rewritten.")
+@click.option("--model", "model_spec", default=None,
+              help="Measure this model's quantizable layers (resnet20, democnn, pkg.mod:fn).")
+@click.option("--input-shape", default=None, help="C,H,W of one input for a user model.")
+@click.option("--space", type=click.Choice(["model", "random"]), default=None,
+              help="model: the layers of --model (default when --model is given); "
+                   "random: --count random layer shapes for training the predictor.")
+@click.option("--count", default=200, show_default=True, help="Random shapes to measure.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random space.")
+@click.option("--bits", default="1,2,3,4", show_default=True,
+              help="Bit-widths for both a and w (list 1,2,4 or range 1-4).")
+@click.option("--a-bits", default=None, help="Activation bit-widths (default: --bits).")
+@click.option("--w-bits", default=None, help="Weight bit-widths (default: --bits).")
+@click.option("--threads", default=1, show_default=True, help="Threads the kernels run on.")
+@click.option("--repeats", default=20, show_default=True, help="Timed samples per kernel.")
+@click.option("--tuning-log", type=click.Path(dir_okay=False), default=None,
+              help="Use the tuned schedules of this log (as the build does).")
+@click.option("--rpc-tracker", default=None, metavar="HOST:PORT",
+              help="Measure on devices registered at this TVM RPC tracker.")
+@click.option("--rpc-key", default=None, help="Device key (default: the target's).")
+@click.option("--workers", type=int, default=None,
+              help="Devices to use at once (default: every idle one under the key).")
+@click.option("--emulated", is_flag=True,
+              help="Flag the records as emulated (automatic for a loopback board of "
+                   "another architecture).")
+def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, seed, bits,
+                a_bits, w_bits, threads, repeats, tuning_log, rpc_tracker, rpc_key, workers,
+                emulated):
+    """Measure bit-serial layers on a target into a latency database.
+
+    Each (layer shape, a, w) is built with the schedules the library uses, then timed
+    (bit-packing + convolution with its epilogue; median of --repeats samples after
+    warm-up). Records already in --db are skipped, so a killed run resumes where it
+    stopped; failures are recorded, summarised at the end and retried by a rerun.
+
+    \b
+      mpqc measure --model resnet20 --db latency.jsonl
+      mpqc measure --space random --count 300 --db latency.jsonl
+      mpqc measure --target arm64-cortex-a72 --rpc-tracker 127.0.0.1:9190 --model resnet20 --db arm.jsonl
+    """
+    from tqdm import tqdm
+
+    from mpqc.cli import _rpc_device
+    from mpqc.latency.measure import run_measurements
+    from mpqc.latency.space import model_jobs, parse_bits, random_jobs
+    from mpqc.targets import load_target
+
+    target = load_target(target_name)
+    a_set, w_set = parse_bits(a_bits or bits), parse_bits(w_bits or bits)
+    space = space or ("model" if model_spec else None)
+    if space is None:
+        raise click.UsageError("say what to measure: --model M, or --space random --count N")
+    if space == "model":
+        if not model_spec:
+            raise click.UsageError("--space model needs --model")
+        jobs = model_jobs(_layers(model_spec, input_shape), a_set, w_set)
+    else:
+        jobs = random_jobs(count, seed, a_set, w_set)
+    device = _rpc_device(target, rpc_tracker, rpc_key)
+    bar = tqdm(total=len(jobs), unit="kernel", desc=f"measure {target.name}", file=sys.stderr)
+
+    def progress(record):
+        bar.update(1)
+        bar.set_postfix_str(f"{record.shape.key} a{record.a_bits}w{record.w_bits} "
+                            + (f"{record.median_ms:.3f} ms" if record.ok else "FAILED"))
+
+    from mpqc.latency.measure import pending_jobs
+    _, already = pending_jobs(jobs, db_path, target, threads)
+    bar.update(already)
+    try:
+        summary = run_measurements(jobs, db_path, target, threads=threads, repeats=repeats,
+                                   device=device, workers=workers, tuning_log=tuning_log,
+                                   emulated=emulated, progress=progress)
+    finally:
+        bar.close()
+    click.echo(f"{summary.measured} measured, {summary.skipped} already in {db_path}, "
+               f"{len(summary.failed)} failed")
+    for record in summary.failed[:10]:
+        click.echo(f"  FAILED {record.shape.key} a{record.a_bits}w{record.w_bits}: "
+                   f"{record.error}", err=True)
+    if summary.failed:
+        click.echo("failed kernels are kept as error records; rerun the same command to "
+                   "retry them", err=True)
+        sys.exit(1)
+
+
+@click.command("fit")
+@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False),
+              help="Latency database written by `mpqc measure`.")
+@click.option("--target", "target_name", default="host", show_default=True,
+              help="Fit the records of this target.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Model file (.json; the trees go beside it as .ubj).")
+@click.option("--heldout", default=0.2, show_default=True,
+              help="Fraction of layer shapes held out for the reported error.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--allow-emulated", is_flag=True,
+              help="Also fit timings from emulated devices (meaningless as speed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def fit_cmd(db_path, target_name, out_path, heldout, seed, allow_emulated, as_json):
+    """Fit the latency predictor (XGBoost + exact table) of one target.
+
+    The reported error is held out by layer shape: the records of a random 20% of the
+    shapes are predicted by a model fitted on the others. The saved model is then
+    fitted on every record.
+    """
+    from mpqc.latency.predictor import fit_latency_model
+    from mpqc.latency.records import read_db
+    from mpqc.targets import load_target
+
+    if not 0 < heldout < 1:
+        raise click.BadParameter("must be between 0 and 1", param_hint="--heldout")
+    target = load_target(target_name)
+    model = fit_latency_model(read_db(db_path), target, heldout, seed, allow_emulated)
+    model.save(out_path)
+    m = model.metrics
+    if as_json:
+        from mpqc.cli import _echo_json
+        _echo_json(m)
+        return
+    click.echo(f"{target.name}: {m['n_records']} records of {m['n_shapes']} shapes; held out "
+               f"{m['heldout_shapes']} shapes ({m['n_heldout']} records): "
+               f"{m['heldout_within_10pct']:.1%} within 10%, {m['heldout_within_5pct']:.1%} "
+               f"within 5%, MAPE {m['heldout_mape']:.1%}")
+    click.echo(f"wrote {out_path}")
+
+
+@click.command("predict")
+@click.option("--model-file", required=True, type=click.Path(dir_okay=False),
+              help="Latency model from `mpqc fit`.")
+@click.option("--model", "model_spec", required=True, help="resnet20, democnn or pkg.mod:fn.")
+@click.option("--input-shape", default=None, help="C,H,W of one input for a user model.")
+@click.option("--config", "config_text", required=True,
+              help="uniform:A,W, a search.json, or a JSON {layer: [a, w]}.")
+@click.option("--threads", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def predict_cmd(model_file, model_spec, input_shape, config_text, threads, as_json):
+    """Predict the latency of every quantized layer and of the network."""
+    from mpqc.latency.network import parse_config, predict_network
+    from mpqc.latency.predictor import LatencyModel
+
+    layers = _layers(model_spec, input_shape)
+    model = LatencyModel.load(model_file)
+    result = predict_network(model, layers, parse_config(config_text, layers), threads)
+    if as_json:
+        from mpqc.cli import _echo_json
+        _echo_json({"target": model.target, **result.to_json()})
+        return
+    from mpqc.cli import _table
+    rows = [[l.name, f"{l.a_bits}", f"{l.w_bits}", f"{l.ms:.4f}",
+             "measured" if l.measured else "predicted"] for l in result.layers]
+    click.echo(_table(rows, ["layer", "a", "w", "ms", "source"]))
+    click.echo(f"total {result.total_ms:.4f} ms on {model.target}, {threads} thread(s)"
+               + (f" (glue {result.glue_ms:.4f} ms)" if result.glue_ms else
+                  " (bit-serial layers only)"))
+
+
+def register(group: click.Group) -> None:
+    for command in (measure_cmd, fit_cmd, predict_cmd):
+        group.add_command(command)

@@ -1,0 +1,95 @@
+"""Network-level latency: the sum of its bit-serial layers at their bit pairs, plus the
+measured glue (8-bit first/last layers, pooling, residual adds) when known.
+
+A bit configuration is {layer name: (a, w)}. It is read from `uniform:A,W`, from the JSON
+that `mpqc search` writes (`layers: [{name, a, w}, ...]`) or from a plain JSON object
+{name: [a, w]}.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mpqc.errors import ConfigError
+from mpqc.latency.records import LayerShape
+from mpqc.schedules.spec import check_bits
+
+
+@dataclass(frozen=True)
+class LayerLatency:
+    name: str
+    a_bits: int
+    w_bits: int
+    ms: float
+    measured: bool   # from the exact table rather than predicted
+
+
+@dataclass(frozen=True)
+class NetworkLatency:
+    layers: tuple[LayerLatency, ...]
+    glue_ms: float
+    threads: int
+
+    @property
+    def total_ms(self) -> float:
+        return sum(layer.ms for layer in self.layers) + self.glue_ms
+
+    def to_json(self) -> dict:
+        return {"total_ms": self.total_ms, "glue_ms": self.glue_ms, "threads": self.threads,
+                "layers": [layer.__dict__ for layer in self.layers]}
+
+
+def parse_config(text: str, layers) -> dict[str, tuple[int, int]]:
+    """A full configuration of the model's quantizable layers (names checked)."""
+    names = [layer.name for layer in layers if layer.quantizable]
+    if text.startswith("uniform:"):
+        try:
+            a, w = (int(x) for x in text.split(":", 1)[1].split(","))
+        except ValueError:
+            raise ConfigError(f"{text!r}: write uniform:A,W, e.g. uniform:2,2") from None
+        check_bits(a, w, text)
+        return {n: (a, w) for n in names}
+    path = Path(text)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"configuration {text!r} is neither uniform:A,W nor an existing "
+                          "JSON file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"configuration file {path} is not readable JSON ({exc})") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("layers"), list):
+        try:
+            pairs = {row["name"]: (row["a"], row["w"]) for row in raw["layers"]}
+        except (KeyError, TypeError):
+            raise ConfigError(f"{path}: every entry of 'layers' needs name, a and w") from None
+    elif isinstance(raw, dict):
+        try:
+            pairs = {k: (v[0], v[1]) for k, v in raw.items()}
+        except (TypeError, IndexError, KeyError):
+            raise ConfigError(f"{path}: map each layer name to [a, w]") from None
+    else:
+        raise ConfigError(f"{path}: expected a JSON object")
+    unknown = sorted(set(pairs) - set(names))
+    if unknown:
+        raise ConfigError(f"{path}: layer {unknown[0]!r} is not a quantizable layer of the "
+                          f"model (its layers: {', '.join(names)})")
+    missing = [n for n in names if n not in pairs]
+    if missing:
+        raise ConfigError(f"{path}: no bit pair for layer {missing[0]!r}")
+    for name, (a, w) in pairs.items():
+        check_bits(a, w, f"layer {name}")
+    return {n: pairs[n] for n in names}
+
+
+def predict_network(model, layers, config: dict[str, tuple[int, int]], threads: int = 1,
+                    glue_ms: float = 0.0) -> NetworkLatency:
+    """`model`: a LatencyModel; `layers`: the model's LayerInfo list."""
+    chosen = [layer for layer in layers if layer.quantizable]
+    rows = [(LayerShape.from_layer(layer), *config[layer.name], threads) for layer in chosen]
+    ms = model.predict_many(rows)
+    out = []
+    for layer, row, value in zip(chosen, rows, ms):
+        measured = model.exact_key(*row) in model.exact
+        out.append(LayerLatency(layer.name, row[1], row[2], float(value), measured))
+    return NetworkLatency(tuple(out), glue_ms, threads)

@@ -1,0 +1,169 @@
+"""Measuring kernels into the database: locally, through a tracker with two RPC servers
+(a farm of two boards on 127.0.0.1), and surviving kill -9."""
+import json
+import os
+import signal
+import statistics
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mpqc.errors import BuildError, DeviceError
+from mpqc.latency import measure as measure_mod
+from mpqc.latency.measure import run_measurements
+from mpqc.latency.records import LayerShape, read_db
+from mpqc.latency.space import Job
+from mpqc.remote import RpcDevice
+from mpqc.targets import load_target
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+JOBS = [Job(LayerShape("conv2d", 8, 8, 16, 16, 3, 1, 1), 1, 1),
+        Job(LayerShape("conv2d", 8, 8, 16, 16, 3, 1, 1), 2, 2),
+        Job(LayerShape("conv2d", 8, 8, 32, 16, 1, 2, 0), 2, 1),
+        Job(LayerShape("dense", 1, 1, 64, 10), 1, 2)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def rpc_farm():
+    """A TVM tracker and two RPC servers under one key, all bound to 127.0.0.1."""
+    tracker_port = free_port()
+    env = {**os.environ, "TVM_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([PY, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                               "--port", str(tracker_port), "--port-end", str(tracker_port + 1)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    wait_port(tracker_port)
+    server_ports = []
+    for _ in range(2):
+        port = free_port()
+        server_ports.append(port)
+        procs.append(subprocess.Popen(
+            [PY, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+             "--port-end", str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}",
+             "--key", "farm-test"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    device = RpcDevice("127.0.0.1", tracker_port, "farm-test")
+    end = time.time() + 60
+    while measure_mod.free_devices(device) < 2:
+        if time.time() > end:
+            raise RuntimeError("the two RPC servers did not register")
+        time.sleep(0.5)
+    yield device, server_ports
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_local_measurement_records_everything(tmp_path):
+    db = tmp_path / "lat.jsonl"
+    target = load_target("host")
+    summary = run_measurements(JOBS, db, target, threads=1, repeats=5)
+    assert (summary.measured, summary.skipped, summary.failed) == (4, 0, [])
+    rows = read_db(db)
+    assert [(r.shape, r.a_bits, r.w_bits) for r in rows] == [(j.shape, j.a_bits, j.w_bits) for j in JOBS]
+    for r in rows:
+        assert r.ok and not r.emulated and r.device.startswith("host:")
+        assert r.min_ms <= r.median_ms <= r.max_ms
+        assert abs(r.conv_ms + r.pack_ms - r.median_ms) < 1e-9
+        assert r.versions["apache-tvm"].startswith("0.27") and r.knobs and r.word_bits in (8, 16, 32, 64)
+    # 1-bit work is cheaper than 2x2 on the same shape
+    assert rows[0].median_ms < rows[1].median_ms
+    again = run_measurements(JOBS, db, target, threads=1, repeats=5)
+    assert (again.measured, again.skipped) == (0, 4)
+    assert len(read_db(db)) == 4
+
+
+def test_a_failing_build_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    real = measure_mod.build_layer
+
+    def flaky(spec, knobs, target):
+        if spec.a_bits == 2 and spec.w_bits == 2:
+            raise BuildError(f"building {spec.name} for target {target.name} failed: boom")
+        return real(spec, knobs, target)
+
+    monkeypatch.setattr(measure_mod, "build_layer", flaky)
+    db = tmp_path / "lat.jsonl"
+    summary = run_measurements(JOBS, db, load_target("host"), repeats=3)
+    assert summary.measured == 3 and len(summary.failed) == 1
+    assert "boom" in summary.failed[0].error and summary.failed[0].median_ms is None
+    monkeypatch.setattr(measure_mod, "build_layer", real)
+    retry = run_measurements(JOBS, db, load_target("host"), repeats=3)
+    assert (retry.measured, retry.skipped, retry.failed) == (1, 3, [])
+
+
+def test_a_foreign_target_needs_a_device(tmp_path):
+    with pytest.raises(DeviceError, match="RPC"):
+        run_measurements(JOBS, tmp_path / "x.jsonl", load_target("arm64-neon"))
+
+
+def test_a_dead_tracker_is_a_clear_error(tmp_path):
+    dead = RpcDevice("127.0.0.1", free_port(), "nobody")
+    with pytest.raises(DeviceError, match="cannot reach the RPC tracker"):
+        run_measurements(JOBS, tmp_path / "x.jsonl", load_target("host"), device=dead)
+
+
+def test_farm_of_two_servers_shares_the_work_and_agrees_with_local(tmp_path, rpc_farm):
+    device, ports = rpc_farm
+    target = load_target("host")
+    jobs = JOBS * 1 + [Job(LayerShape("conv2d", 16, 16, 32, 32, 3, 1, 1), a, w)
+                       for a, w in ((1, 1), (2, 2), (3, 3), (4, 4))]
+    remote_db, local_db = tmp_path / "remote.jsonl", tmp_path / "local.jsonl"
+    summary = run_measurements(jobs, remote_db, target, repeats=10, device=device)
+    assert summary.failed == [] and summary.measured == len(jobs)
+    remote = read_db(remote_db)
+    servers = {r.device for r in remote}
+    assert servers == {f"rpc:127.0.0.1:{p}" for p in ports}, servers  # both boards worked
+    assert not any(r.emulated for r in remote)
+    # the values: one board at a time, so two servers do not share the 2 cores
+    serial_db = tmp_path / "serial.jsonl"
+    run_measurements(jobs, serial_db, target, repeats=10, device=device, workers=1)
+    run_measurements(jobs, local_db, target, repeats=10)
+    local = {r.key: r for r in read_db(local_db)}
+    ratios = []
+    for r in read_db(serial_db):
+        mine = local[r.key]
+        assert mine.knobs == r.knobs and mine.word_bits == r.word_bits
+        ratios.append(r.median_ms / mine.median_ms)
+    # same kernels, same machine: equal within the noise of a shared 2-core host, where
+    # other work can double a single short kernel's time but not the typical one
+    assert 0.67 < statistics.median(ratios) < 1.5, ratios
+    assert all(0.4 < x < 2.5 for x in ratios), ratios
+
+
+def test_kill_9_during_measure_loses_at_most_one_record(tmp_path):
+    db = tmp_path / "lat.jsonl"
+    cmd = [str(Path(PY).parent / "mpqc"), "measure", "--space", "random", "--count", "12",
+           "--bits", "1,2", "--repeats", "3", "--db", str(db)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.time() + 120
+    while time.time() < end and (not db.exists() or len(db.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = read_db(db)  # readable, whatever the kill tore
+    assert 3 <= len(before) < 12
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    after = read_db(db)
+    assert len(after) == 12 and len({r.key for r in after}) == 12
+    assert f"{12 - len(before)} measured, {len(before)} already in" in done.stdout
