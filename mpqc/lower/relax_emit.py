@@ -1,0 +1,198 @@
+"""Program -> Relax IRModule.
+
+Quantized layers are `call_tir` of the project's bit-serial prim funcs (bitpack of the
+input codes, then the fused convolution + epilogue) with weights quantized, offset and
+bit-packed once, as constants. The glue is Relax ops that the default pipeline fuses:
+- the input quantizer and the 8-bit first/last layers compute in float32 on integer
+  codes (exact: every partial sum is an integer below 2^24, checked at lowering);
+- requantization and pooling compute in int64 (integer, so exact by construction);
+- option-A shortcuts are a strided slice and a channel pad of uint8 codes;
+- the logits are float32.
+All activations are NHWC. `main` returns the logits; `debug` returns every op's output
+(the integer results of every layer), which `mpqc verify` compares.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from mpqc.errors import BuildError
+from mpqc.lower.program import Op, Program
+from mpqc.schedules import reference as kernels
+from mpqc.schedules.build import bitpack_prim_func, conv_prim_func
+
+OPAQUE = 8  # op_pattern: passes must not fuse into the bit-serial kernels
+
+
+def _ty(shape, dtype: str):
+    return relax.TensorType([int(d) for d in shape], dtype)
+
+
+def _const(array, dtype: str):
+    return relax.const(np.ascontiguousarray(np.asarray(array).astype(dtype)), dtype)
+
+
+def _scalar(value, dtype: str):
+    return relax.const(np.array(value, dtype=dtype), dtype)
+
+
+class Emitter:
+    def __init__(self, program: Program, knobs_for):
+        self.program = program
+        self.knobs_for = knobs_for      # spec -> (spec with word, Knobs)
+        self.bb = relax.BlockBuilder()
+        self.funcs: dict[str, relax.GlobalVar] = {}
+        self.weights: dict[str, relax.Constant] = {}
+        self.variants = {op.name: knobs_for(op.params["spec"]) for op in program.ops
+                         if op.kind == "conv" and op.params["impl"] == "bitserial"}
+
+    def module(self) -> tvm.IRModule:
+        self._function("main", [self.program.output])
+        self._function("debug", self.program.debug_values())
+        return self.bb.get()
+
+    def _function(self, name: str, outputs: list[int]) -> None:
+        p = self.program
+        x = relax.Var("images", _ty(p.values[p.input].shape, "float32"))
+        bb = self.bb
+        with bb.function(name, [x]):
+            with bb.dataflow():
+                env = {p.input: x}
+                for op in p.ops:
+                    env[op.output] = bb.emit(getattr(self, f"_{op.kind}")(op, env),
+                                             op.name.replace(".", "_"))
+                result = env[outputs[0]] if len(outputs) == 1 and name == "main" else \
+                    relax.Tuple([env[i] for i in outputs])
+                out = bb.emit_output(result)
+            bb.emit_func_output(out)
+
+    # ---------------------------------------------------------------- helpers
+    def _prim(self, key: str, make) -> relax.GlobalVar:
+        if key not in self.funcs:
+            func = make().with_attr("op_pattern", OPAQUE)
+            self.funcs[key] = self.bb.add_func(func, key)
+        return self.funcs[key]
+
+    def _emit(self, expr):
+        return self.bb.emit(expr)
+
+    # ---------------------------------------------------------------- ops
+    def _quantize_input(self, op: Op, env):
+        p = op.params
+        x = self._emit(relax.op.permute_dims(env[op.inputs[0]], [0, 2, 3, 1]))
+        q = self._emit(relax.op.round(relax.op.divide(x, _scalar(p["step"], "float32"))))
+        q = self._emit(relax.op.maximum(q, _scalar(p["low"], "float32")))
+        q = self._emit(relax.op.minimum(q, _scalar(p["high"], "float32")))
+        return relax.op.astype(q, self.program.values[op.output].dtype)
+
+    def _conv(self, op: Op, env):
+        if op.params["impl"] == "relax":
+            return self._conv_relax(op, env)
+        return self._conv_bitserial(op, env)
+
+    def _conv_relax(self, op: Op, env):
+        """8-bit layer in float32 on integer codes: exact below 2^24 (checked in trace)."""
+        p, spec = op.params, op.params["spec"]
+        x = self._emit(relax.op.astype(env[op.inputs[0]], "float32"))
+        if p["linear"]:
+            acc = relax.op.matmul(x, _const(p["weights"][0, 0], "float32"))
+        else:
+            acc = relax.op.nn.conv2d(x, _const(p["weights"], "float32"), strides=spec.stride,
+                                     padding=spec.padding, data_layout="NHWC",
+                                     kernel_layout="HWIO", out_dtype="float32")
+        return relax.op.astype(self._emit(acc), "int32")
+
+    def _conv_bitserial(self, op: Op, env):
+        p = op.params
+        spec, knobs = self.variants[op.name]
+        spec = spec.with_(epilogue=p["spec"].epilogue)
+        codes = env[op.inputs[0]]
+        if p["linear"]:
+            codes = self._emit(relax.op.reshape(codes, (spec.n, 1, 1, spec.cin)))
+        safe = op.name.replace(".", "_")
+        pack = self._prim(f"bitpack_{safe}", lambda: bitpack_prim_func(spec, f"bitpack_{safe}"))
+        conv = self._prim(f"conv_{safe}", lambda: conv_prim_func(spec, knobs, f"conv_{safe}"))
+        hp, wp = spec.padded_hw
+        word = f"uint{spec.word_bits}"
+        planes = self._emit(relax.call_tir(pack, [codes], _ty(
+            (spec.n, hp, wp, spec.a_bits, spec.words), word)))
+        if op.name not in self.weights:
+            self.weights[op.name] = _const(kernels.pack_weights(p["weights"], spec), word)
+        args = [planes, self.weights[op.name]]
+        ep = spec.epilogue
+        if ep.output == "codes":
+            args += [_const(p["mul"], "int32"), _const(p["add"], "int64")]
+            if ep.residual:
+                args += [env[op.inputs[1]], _const(p["res_mul"], "int32")]
+        shape = (spec.n, spec.out_h, spec.out_w, spec.cout)
+        out = relax.call_tir(conv, args, _ty(shape, ep.out_dtype))
+        if p["linear"]:
+            out = relax.op.reshape(self._emit(out), (spec.n, spec.cout))
+        return out
+
+    def _affine_int64(self, op: Op, env):
+        p = op.params
+        t = relax.op.multiply(relax.op.astype(env[op.inputs[0]], "int64"),
+                              _const(p["mul"], "int64"))
+        if len(op.inputs) > 1:
+            r = relax.op.multiply(relax.op.astype(env[op.inputs[1]], "int64"),
+                                  _const(p["res_mul"], "int64"))
+            t = relax.op.add(t, r)
+        return relax.op.add(t, _const(p["add"], "int64"))
+
+    def _clamp_codes(self, q, bits: int):
+        q = relax.op.maximum(q, _scalar(0, "int64"))
+        q = relax.op.minimum(q, _scalar((1 << bits) - 1, "int64"))
+        return relax.op.astype(q, "uint8")
+
+    def _requant(self, op: Op, env):
+        t = self._affine_int64(op, env)
+        q = relax.op.right_shift(t, _scalar(op.params["shift"], "int64"))
+        return self._clamp_codes(q, op.params["out_bits"])
+
+    def _pool_requant(self, op: Op, env):
+        p = op.params
+        t = self._affine_int64(op, env)
+        if p["relu"]:
+            t = relax.op.maximum(t, _scalar(0, "int64"))
+        total = relax.op.sum(self._emit(t), axis=[1, 2])
+        q = relax.op.right_shift(relax.op.add(total, _scalar(1 << (p["shift"] - 1), "int64")),
+                                 _scalar(p["shift"], "int64"))
+        return self._clamp_codes(q, p["out_bits"])
+
+    def _shortcut(self, op: Op, env):
+        p = op.params
+        x = env[op.inputs[0]]
+        n, h, w, c = self.program.values[op.inputs[0]].shape
+        if p["stride"] != 1:
+            x = self._emit(relax.op.strided_slice(x, axes=[1, 2], begin=[0, 0], end=[h, w],
+                                                  strides=[p["stride"], p["stride"]]))
+        if p["pad_before"] or p["pad_after"]:
+            x = relax.op.nn.pad(x, [0, 0, 0, 0, 0, 0, p["pad_before"], p["pad_after"]])
+        return x
+
+    def _to_float(self, op: Op, env):
+        p = op.params
+        v = relax.op.add(relax.op.multiply(relax.op.astype(env[op.inputs[0]], "float32"),
+                                           _const(p["scale"], "float32")),
+                         _const(p["offset"], "float32"))
+        if len(op.inputs) > 1:
+            v = relax.op.add(v, relax.op.multiply(
+                relax.op.astype(env[op.inputs[1]], "float32"), _const(p["res_scale"], "float32")))
+        if p["relu"]:
+            v = relax.op.maximum(v, _scalar(0, "float32"))
+        if len(self.program.values[op.inputs[0]].shape) == 4:
+            v = relax.op.permute_dims(self._emit(v), [0, 3, 1, 2])
+        return v
+
+
+def emit_module(program: Program, knobs_for) -> tvm.IRModule:
+    """The Relax module of a Program: `main` (logits) and `debug` (every op's output)."""
+    try:
+        return Emitter(program, knobs_for).module()
+    except BuildError:
+        raise
+    except Exception as exc:  # TVM's own errors: name where the emission stopped
+        from mpqc.errors import last_line
+        raise BuildError(f"emitting the Relax module failed: {last_line(exc)}") from exc
