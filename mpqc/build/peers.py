@@ -1,0 +1,66 @@
+"""Whole-network peers of a compiled library, timed at batch 1 in the same process:
+the fp32 model in torch eager, onnxruntime fp32, and onnxruntime int8 (static QDQ
+quantization of the same fp32 model, per-channel s8 weights, u8 activations, calibrated
+on the given images). Same timer and thread pinning as the kernel peers (mpqc.bench).
+"""
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mpqc.bench.peers import _ort_session
+from mpqc.bench.timing import Timing, pinned_threads, time_callable
+
+
+def export_fp32_onnx(model, input_shape, path: Path) -> Path:
+    import torch
+
+    x = torch.zeros((1, *input_shape))
+    with warnings.catch_warnings():  # the TorchScript exporter is chosen on purpose
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), (x,), str(path), input_names=["x"],
+                          output_names=["logits"], opset_version=17, dynamo=False)
+    return path
+
+
+class _Calibration:
+    def __init__(self, images: np.ndarray):
+        self._items = iter([{"x": img[None].astype(np.float32)} for img in images])
+
+    def get_next(self):
+        return next(self._items, None)
+
+
+def quantize_int8_onnx(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_name(out.stem + ".pre.onnx")
+    quant_pre_process(str(fp32), str(pre))
+    quantize_static(str(pre), str(out), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return out
+
+
+def time_peers(model, input_shape, image: np.ndarray, calibration: np.ndarray,
+               threads: int, repeats: int = 30) -> dict[str, Timing]:
+    """{"torch_fp32", "ort_fp32", "ort_int8"}: Timing of one image (batch 1)."""
+    import torch
+
+    x = torch.from_numpy(image[None].astype(np.float32))
+    model = model.eval()
+    out = {}
+    with pinned_threads(threads), torch.no_grad():
+        out["torch_fp32"] = time_callable(lambda: model(x), repeats=repeats)
+    feed = {"x": image[None].astype(np.float32)}
+    with tempfile.TemporaryDirectory(prefix="mpqc-peers-") as tmp:
+        fp32 = export_fp32_onnx(model, input_shape, Path(tmp) / "model.onnx")
+        int8 = quantize_int8_onnx(fp32, Path(tmp) / "model.int8.onnx", calibration)
+        for name, path in (("ort_fp32", fp32), ("ort_int8", int8)):
+            sess = _ort_session(path, threads)
+            out[name] = time_callable(lambda: sess.run(None, feed), repeats=repeats)
+    return out
