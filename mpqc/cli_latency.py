@@ -1,6 +1,7 @@
 """`mpqc measure`, `mpqc fit`, `mpqc predict`: the latency model's command line."""
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -174,6 +175,69 @@ def predict_cmd(model_file, model_spec, input_shape, config_text, threads, as_js
                   " (bit-serial layers only)"))
 
 
+@click.command("latency")
+@click.option("--model-file", required=True, type=click.Path(dir_okay=False),
+              help="Latency model from `mpqc fit`.")
+@click.option("--model", "model_spec", default="resnet20", show_default=True)
+@click.option("--input-shape", default=None, help="C,H,W of one input for a user model.")
+@click.option("--target", "target_name", default="host", show_default=True)
+@click.option("--configs", default=20, show_default=True, help="Random mixed configurations.")
+@click.option("--bits", default="1,2,3,4", show_default=True, help="Candidate bit-widths.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=1, show_default=True)
+@click.option("--repeats", default=20, show_default=True)
+@click.option("--db", "db_path", default=None, type=click.Path(dir_okay=False),
+              help="Where this run's kernel measurements go (default: a temporary file, "
+                   "so they are fresh).")
+@click.option("--use-exact", is_flag=True,
+              help="Let measurements in the model's exact table replace predictions.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the result here.")
+def bench_latency_cmd(model_file, model_spec, input_shape, target_name, configs, bits, seed,
+                      threads, repeats, db_path, use_exact, json_path):
+    """Network-level check of the latency model on random mixed configurations.
+
+    For each configuration the predicted network latency (sum of the layer predictions)
+    is compared with the sum of the same kernels measured in this run.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from mpqc.latency.network import check_network, random_configs
+    from mpqc.latency.predictor import LatencyModel
+    from mpqc.latency.space import parse_bits
+    from mpqc.targets import load_target
+
+    target = load_target(target_name)
+    model = LatencyModel.load(model_file)
+    if model.target != target.name:
+        raise click.BadParameter(f"the model is of target {model.target}, not {target.name}",
+                                 param_hint="--target")
+    layers = _layers(model_spec, input_shape)
+    bit_set = parse_bits(bits)
+    chosen = random_configs(layers, bit_set, bit_set, configs, seed)
+    with tempfile.TemporaryDirectory(prefix="mpqc-bench-latency-") as tmp:
+        bar = tqdm(unit="kernel", desc="measure kernels", file=sys.stderr)
+        result = check_network(model, layers, chosen, target,
+                               db_path or Path(tmp) / "kernels.jsonl", threads, repeats,
+                               use_exact, progress=lambda r: bar.update(1))
+        bar.close()
+    out = {"model": model_spec, "target": target.name, "threads": threads,
+           "use_exact": use_exact, **result.to_json()}
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2))
+    rows = [[str(i), f"{p:.4f}", f"{m:.4f}", f"{e:+.1%}"] for i, (p, m, e) in enumerate(
+        zip(result.predicted_ms, result.measured_ms,
+            [(p - m) / m for p, m in zip(result.predicted_ms, result.measured_ms)]))]
+    from mpqc.cli import _table
+    click.echo(_table(rows, ["config", "predicted ms", "measured ms", "error"]))
+    click.echo(f"mean absolute error {out['mean_abs_error']:.1%} over {out['configs']} "
+               f"configurations (max {out['max_abs_error']:.1%})")
+
+
 def register(group: click.Group) -> None:
     for command in (measure_cmd, fit_cmd, predict_cmd):
         group.add_command(command)
+    group.commands["bench"].add_command(bench_latency_cmd, "latency")

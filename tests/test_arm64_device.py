@@ -47,3 +47,24 @@ def test_arm64_kernel_exact_on_emulated_board(emulated_board, target_name, a_bit
     result = check_conv(spec, target, device=emulated_board)
     assert result.exact, result
     assert result.median_ms is None  # emulated timings are never reported
+
+
+def test_measure_through_the_tracker_on_the_emulated_board(emulated_board, tmp_path):
+    """The hardware-in-the-loop path for ARM: cross-compiled, uploaded, timed there, and
+    flagged as emulated (so `fit` refuses the timings)."""
+    from mpqc.errors import DataError
+    from mpqc.latency.measure import run_measurements
+    from mpqc.latency.predictor import fit_latency_model
+    from mpqc.latency.records import LayerShape, read_db
+    from mpqc.latency.space import Job
+
+    target = load_target("arm64-cortex-a72")
+    jobs = [Job(LayerShape("conv2d", 8, 8, 16, 16, 3, 1, 1), a, w) for a, w in ((1, 1), (2, 3))]
+    summary = run_measurements(jobs, tmp_path / "arm.jsonl", target, repeats=2,
+                               device=emulated_board)
+    assert summary.failed == [] and summary.measured == 2
+    records = read_db(tmp_path / "arm.jsonl")
+    assert all(r.ok and r.emulated and r.device.startswith("rpc:127.0.0.1:") for r in records)
+    assert all(r.target == "arm64-cortex-a72" for r in records)
+    with pytest.raises(DataError, match="emulated"):
+        fit_latency_model(records, target)

@@ -21,7 +21,8 @@ PARTS = ("conv", "pack")
 FEATURES = {
     "conv": ("a", "w", "aw", "threads", "kernel", "stride", "out_w", "cin", "cout",
              "word_bits", "words", "lane_use", "tile_w", "tile_co", "w_tiles", "co_tiles",
-             "reduction", "log_popcounts", "log_outputs", "log_weight_bytes", "log_in_bytes"),
+             "reduction", "accumulators", "tile_outputs", "log_popcounts", "log_outputs",
+             "log_weight_bytes", "log_in_bytes", "log_weight_tile_bytes", "log_row_bytes"),
     "pack": ("a", "threads", "h", "w_px", "cin", "word_bits", "words", "lane_use",
              "log_pack_bits", "log_words_written", "padding"),
 }
@@ -51,6 +52,12 @@ def _counts(shape: LayerShape, a: int, w: int, word_bits: int, tiles: tuple[int,
         "words_written": a * hp * wp * words,
         "weight_bytes": w * words * word // 8 * shape.kernel ** 2 * shape.cout,
         "in_bytes": a * hp * wp * words * word // 8,
+        # register and cache pressure of one output tile: its accumulators (one per bit
+        # pair when the bit loops are unrolled), the weights it streams, the input rows
+        "accumulators": tile_w * tile_co * a * w,
+        "tile_outputs": tile_w * tile_co,
+        "weight_tile_bytes": w * words * word // 8 * shape.kernel ** 2 * tile_co,
+        "row_bytes": a * wp * words * word // 8 * shape.kernel,
     }
 
 

@@ -93,3 +93,57 @@ def predict_network(model, layers, config: dict[str, tuple[int, int]], threads: 
         measured = model.exact_key(*row) in model.exact
         out.append(LayerLatency(layer.name, row[1], row[2], float(value), measured))
     return NetworkLatency(tuple(out), glue_ms, threads)
+
+
+def random_configs(layers, a_bits, w_bits, count: int, seed: int = 0) -> list[dict]:
+    """`count` random mixed configurations (a, w drawn per layer)."""
+    import random
+    rng = random.Random(seed)
+    names = [layer.name for layer in layers if layer.quantizable]
+    return [{n: (rng.choice(a_bits), rng.choice(w_bits)) for n in names} for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class NetworkCheck:
+    predicted_ms: list[float]
+    measured_ms: list[float]
+
+    @property
+    def errors(self) -> list[float]:
+        return [abs(p - m) / m for p, m in zip(self.predicted_ms, self.measured_ms)]
+
+    def to_json(self) -> dict:
+        e = self.errors
+        return {"configs": len(e), "mean_abs_error": sum(e) / len(e), "max_abs_error": max(e),
+                "predicted_ms": self.predicted_ms, "measured_ms": self.measured_ms}
+
+
+def check_network(model, layers, configs: list[dict], target, db_path, threads: int = 1,
+                  repeats: int = 20, use_exact: bool = False, progress=lambda r: None
+                  ) -> NetworkCheck:
+    """Predicted network latency against the sum of its kernels measured now.
+
+    The kernels are measured into `db_path` (a fresh file gives a fresh measurement);
+    with use_exact=False the prediction ignores the model's exact table, so the figure
+    says how well the model predicts layers as if it had never measured them.
+    """
+    from mpqc.latency.measure import run_measurements
+    from mpqc.latency.records import job_key, read_db
+    from mpqc.latency.space import Job
+
+    chosen = [layer for layer in layers if layer.quantizable]
+    shapes = {layer.name: LayerShape.from_layer(layer) for layer in chosen}
+    jobs = list({(shapes[n], a, w): Job(shapes[n], a, w)
+                 for config in configs for n, (a, w) in config.items()}.values())
+    run_measurements(jobs, db_path, target, threads=threads, repeats=repeats, progress=progress)
+    measured = {r.key: r.median_ms for r in read_db(db_path) if r.ok}
+    predicted, actual = [], []
+    for config in configs:
+        rows = [(shapes[n], a, w, threads) for n, (a, w) in config.items()]
+        predicted.append(float(model.predict_many(rows, use_exact=use_exact).sum()))
+        try:
+            actual.append(sum(measured[job_key(target.name, s, a, w, t)] for s, a, w, t in rows))
+        except KeyError as exc:
+            raise ConfigError(f"a kernel of the network could not be measured ({exc}); see "
+                              f"the error records in {db_path}") from None
+    return NetworkCheck(predicted, actual)
