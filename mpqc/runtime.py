@@ -62,10 +62,18 @@ class Library:
 
     def debug(self, images) -> list[np.ndarray]:
         """Every op's output (manifest 'debug_values' order), batch concatenated."""
+        import tvm
         parts = []
         for chunk, real in self._chunks(images):
-            result = self._run("debug", chunk)
-            parts.append([result[i].numpy()[:real] for i in range(len(result))])
+            # set_input/invoke_stateful/get_outputs: a tuple result also comes back over RPC
+            try:
+                self._vm.set_input("debug", tvm.runtime.tensor(chunk, self._dev))
+                self._vm.invoke_stateful("debug")
+                result = self._vm.get_outputs("debug")
+            except Exception as exc:
+                raise DeviceError(f"running {self.path.name} (debug) failed: "
+                                  f"{last_line(exc)}") from exc
+            parts.append([r.numpy()[:real] for r in result])
         return [np.concatenate(column) for column in zip(*parts)]
 
     def time(self, repeats: int = 30, threads: int | None = None):
