@@ -25,13 +25,20 @@ class Lowered:
 def kernel_variants(target, tuning_log=None):
     """spec -> (spec with the pack word, knobs): the tuning log's best, else defaults."""
     from mpqc.schedules.build import default_knobs
+    from mpqc.schedules.spec import Epilogue
     from mpqc.tuning import best_variant
 
     defaults = default_knobs(target)
 
     def choose(spec):
-        best = best_variant(tuning_log, spec, target) if tuning_log else None
-        return (best[0], best[1]) if best else (spec, defaults)
+        best = None
+        if tuning_log:
+            # `mpqc tune` measures the plain requantizing kernel; its knobs serve the
+            # same layer with a residual or a raw int32 output too
+            plain = spec.with_(epilogue=Epilogue("codes", out_bits=spec.a_bits))
+            best = best_variant(tuning_log, spec, target) or \
+                best_variant(tuning_log, plain, target)
+        return (best[0].with_(epilogue=spec.epilogue), best[1]) if best else (spec, defaults)
     return choose
 
 
