@@ -137,5 +137,5 @@ def build_quantized_model(spec: NetworkSpec):
     calib = calibration_images(spec)
     calib_tensor = None if calib is None else torch.from_numpy(calib)
     model = quantize_model(model.eval(), config, calib=calib_tensor,
-                           first_last_bits=spec.first_last_bits)
+                           first_last_bits=spec.first_last_bits, input_shape=shape)
     return model.eval(), shape

@@ -1,0 +1,200 @@
+"""A float model -> its fake-quant twin, and quantized checkpoints.
+
+`quantize_model` replaces each quantizable Conv2d/Linear in place (same qualified names)
+by a QuantConv2d/QuantLinear with its (a, w). The first conv and the last linear stay at
+`first_last_bits` (the first with a signed input: it reads the normalised image);
+layers the bit-serial kernels cannot run stay float and are listed by
+`quantizable_layers` with the reason.
+
+Shared inputs. The deployed library passes integer codes between layers, so where a
+tensor feeds a quantized layer and something else (a ResNet block input feeds conv1 and
+the shortcut), the something else sees the codes too. The fake-quant model does the
+same: a forward pre-hook on each such module quantizes its input with the quantizer of
+the layer reading the same tensor. Without it, fine-tuning would optimise a model that
+the library does not compute.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mpqc.errors import ConfigError, ModelError, first_line
+from mpqc.quant.layers import QuantConv2d, QuantLinear, init_act_step
+from mpqc.schedules.spec import check_bits
+
+FORMAT = "mpqc-quantized/1"
+
+
+def _layers(model: nn.Module, input_shape):
+    from mpqc.models import describe_layers
+    return describe_layers(model, tuple(input_shape), first_last_8bit=True)
+
+
+def quantizable_layers(model: nn.Module, input_shape) -> list[tuple[str, str | None]]:
+    """(name, None) for each searchable layer, (name, reason) for the others."""
+    return [(layer.name, None if layer.quantizable else layer.reason)
+            for layer in _layers(model, input_shape)]
+
+
+class SharedInputQuant:
+    """Forward pre-hook: a module reading a quantized layer's input sees its codes."""
+
+    def __init__(self, layer: nn.Module):
+        self.layer = layer
+
+    def __call__(self, module, args):
+        return (self.layer.quantized_input(args[0]), *args[1:])
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def _capture_inputs(model: nn.Module, names: list[str], batch: torch.Tensor) -> dict:
+    """The input tensor of each named module on one forward pass (eval, no grad)."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: seen.setdefault(n, args[0])) for n in names]
+    try:
+        with torch.no_grad():
+            model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _install_shared_input_hooks(model: nn.Module, input_shape) -> None:
+    quant = {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+    leaves = [n for n, m in model.named_modules() if n and not any(m.children())]
+    example = torch.zeros((1, *input_shape), dtype=next(model.parameters()).dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = _capture_inputs(model, leaves, example)
+    finally:
+        model.train(was_training)
+    by_tensor = {id(inputs[n]): n for n in quant if n in inputs}
+    for name in leaves:
+        if name in quant or name not in inputs:
+            continue
+        reader = by_tensor.get(id(inputs[name]))
+        if reader is not None:
+            model.get_submodule(name).register_forward_pre_hook(SharedInputQuant(quant[reader]))
+
+
+def quantize_model(model: nn.Module, config: Mapping[str, tuple[int, int]] | tuple[int, int],
+                   calib: torch.Tensor | None = None, first_last_bits: int = 8,
+                   input_shape=None) -> nn.Module:
+    """A fake-quant copy of `model` (the original is left as it is).
+
+    `config`: {layer name: (a, w)} for the searchable layers, or one (a, w) for all.
+    `calib`: a batch of inputs to initialise the activation steps (and give the input
+    shape); without it the steps start at a fixed range and `input_shape` (C, H, W) is
+    needed, unless a calibration batch gives it.
+    """
+    check_bits(first_last_bits, first_last_bits, "first/last layers")
+    if input_shape is None:
+        if calib is None:
+            raise ConfigError("quantize_model needs a calibration batch or the input shape")
+        input_shape = tuple(calib.shape[1:])
+    layers = _layers(model, input_shape)
+    searchable = [layer.name for layer in layers if layer.quantizable]
+    if not searchable:
+        raise ModelError(f"model {type(model).__name__} has no quantizable layer besides the "
+                         "8-bit first and last ones")
+    if isinstance(config, Mapping):
+        unknown = sorted(set(config) - set(searchable))
+        if unknown:
+            raise ConfigError(f"layer {unknown[0]!r} is not a quantizable layer of the model "
+                              f"(quantizable: {', '.join(searchable)})")
+        missing = [n for n in searchable if n not in config]
+        if missing:
+            raise ConfigError(f"no bit pair for layer {missing[0]!r}")
+        pairs = {n: tuple(config[n]) for n in searchable}
+    else:
+        pairs = {n: tuple(config) for n in searchable}
+    for name, (a, w) in pairs.items():
+        check_bits(a, w, f"layer {name}")
+
+    first, last = layers[0].name, layers[-1].name
+    plan: dict[str, tuple[int, int, bool]] = {n: (a, w, False) for n, (a, w) in pairs.items()}
+    for layer in (layers[0], layers[-1]):
+        if layer.reason in ("first layer stays 8-bit", "last layer stays 8-bit"):
+            plan[layer.name] = (first_last_bits, first_last_bits, layer.name == first
+                                and layer.kind == "conv2d")
+    float_model = model
+    model = copy.deepcopy(model)
+    seen = (_capture_inputs(float_model.eval(), list(plan), calib) if calib is not None else {})
+    for name, (a, w, signed) in plan.items():
+        module = model.get_submodule(name)
+        cls = QuantConv2d if isinstance(module, nn.Conv2d) else QuantLinear
+        q = cls.from_float(module, a, w, a_signed=signed)
+        q.fixed_bits = name in (first, last) and name not in pairs
+        if name in seen:
+            with torch.no_grad():
+                q.a_step.fill_(init_act_step(seen[name], a, signed))
+        _set_module(model, name, q)
+    _install_shared_input_hooks(model, input_shape)
+    model.mpqc_input_shape = tuple(input_shape)
+    return model
+
+
+def quant_config(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """{name: (a, w)} of the searchable quantized layers (not the fixed first/last)."""
+    return {n: (m.a_bits, m.w_bits) for n, m in model.named_modules()
+            if isinstance(m, (QuantConv2d, QuantLinear)) and not getattr(m, "fixed_bits", False)}
+
+
+def save_quantized(model: nn.Module, path: str | Path, meta: dict) -> Path:
+    """A checkpoint that rebuilds the quantized model: meta needs "model" (its spec,
+    e.g. "resnet20"); the configuration and input shape are taken from the model."""
+    if "model" not in meta:
+        raise ConfigError("save_quantized: meta must name the model spec ('model')")
+    first_last = [m.a_bits for m in model.modules() if getattr(m, "fixed_bits", False)]
+    payload = {"format": FORMAT, "meta": dict(meta),
+               "config": {n: list(p) for n, p in quant_config(model).items()},
+               "first_last_bits": first_last[0] if first_last else 8,
+               "input_shape": list(getattr(model, "mpqc_input_shape", meta.get("input_shape", []))),
+               "state_dict": model.state_dict()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_quantized(path: str | Path) -> tuple[nn.Module, dict]:
+    from mpqc.models import build_model
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"quantized checkpoint {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"quantized checkpoint {path} is corrupt or not a torch file "
+                         f"({type(exc).__name__}: {first_line(exc)})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(f"{path} is not an mpqc quantized checkpoint ({FORMAT})")
+    meta = payload["meta"]
+    model = build_model(meta["model"], num_classes=meta.get("num_classes"))
+    config = {n: tuple(p) for n, p in payload["config"].items()}
+    q = quantize_model(model.eval(), config, first_last_bits=payload["first_last_bits"],
+                       input_shape=tuple(payload["input_shape"]))
+    try:
+        q.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ModelError(f"quantized checkpoint {path} does not match model "
+                         f"{meta['model']}: {first_line(exc)}") from exc
+    return q, meta
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
