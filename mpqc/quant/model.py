@@ -70,8 +70,10 @@ def _capture_inputs(model: nn.Module, names: list[str], batch: torch.Tensor) -> 
     return seen
 
 
-def _install_shared_input_hooks(model: nn.Module, input_shape) -> None:
-    quant = {n: m for n, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))}
+def install_shared_input_hooks(model: nn.Module, input_shape) -> None:
+    """Every module reading the input of a layer with `quantized_input` (fake-quant or
+    supernet layers) gets that layer's quantized input."""
+    quant = {n: m for n, m in model.named_modules() if hasattr(m, "quantized_input")}
     leaves = [n for n, m in model.named_modules() if n and not any(m.children())]
     example = torch.zeros((1, *input_shape), dtype=next(model.parameters()).dtype)
     was_training = model.training
@@ -141,7 +143,7 @@ def quantize_model(model: nn.Module, config: Mapping[str, tuple[int, int]] | tup
             with torch.no_grad():
                 q.a_step.fill_(init_act_step(seen[name], a, signed))
         _set_module(model, name, q)
-    _install_shared_input_hooks(model, input_shape)
+    install_shared_input_hooks(model, input_shape)
     model.mpqc_input_shape = tuple(input_shape)
     return model
 

@@ -1,0 +1,126 @@
+"""`mpqc search`: latency-constrained mixed-precision search (EBS / BP-NAS)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("search")
+@click.option("--model", "model_spec", required=True, help="resnet20, democnn or pkg.mod:fn.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Pretrained fp32 state dict (without it a short fp32 training runs first).")
+@click.option("--data", "data_spec", required=True, help="mnist, cifar10:DIR or imagefolder:PATH.")
+@click.option("--target", "target_name", default="host", show_default=True)
+@click.option("--cost", type=click.Choice(["latency", "bitops"]), default=None,
+              help="Layer cost: predicted latency (needs --latency-model) or BitOPs. "
+                   "Default: latency when --latency-model is given, else bitops.")
+@click.option("--latency-model", type=click.Path(dir_okay=False), default=None,
+              help="Latency model of the target (`mpqc fit`).")
+@click.option("--budget-ms", type=float, default=None, help="Cost budget (in the cost's unit).")
+@click.option("--budget-ratio", type=float, default=None,
+              help="Budget as R x the cost of the uniform configuration at the largest bits.")
+@click.option("--method", type=click.Choice(["ebs", "bpnas"]), default="bpnas", show_default=True)
+@click.option("--bits", default="1,2,3,4", show_default=True, help="Candidate bit-widths (a and w).")
+@click.option("--uniform", default=None, metavar="A,W",
+              help="Train a uniform baseline with the same schedule instead of searching.")
+@click.option("--epochs", default=2, show_default=True, help="Search epochs.")
+@click.option("--finetune-epochs", default=1, show_default=True)
+@click.option("--fp32-epochs", default=1, show_default=True,
+              help="fp32 training epochs when no --weights are given.")
+@click.option("--subset", type=int, default=None, help="Use N training images (and N/5 val/test).")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="Threads of the latency table.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Result JSON; the checkpoint (resume) and the fine-tuned model go beside it.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
+               budget_ratio, method, bits, uniform, epochs, finetune_epochs, fp32_epochs, subset,
+               batch_size, seed, threads, out_path, quiet):
+    """Search a bit-width pair per layer under a latency budget, then fine-tune it.
+
+    Alternates weight steps (train split) and strength steps (validation split) of an
+    EBS supernet; `bpnas` adds the soft barrier that keeps the expected cost inside the
+    budget and the annealed Prob-1 regularizer. The chosen configuration always meets
+    the budget (predicted). A killed search resumes from its checkpoint (--out + .ckpt).
+
+    \b
+      mpqc search --model democnn --data mnist --budget-ratio 0.3 --out search.json
+      mpqc search --model resnet20 --weights resnet20.th --data cifar10:DIR \\
+          --latency-model lm.json --budget-ratio 0.4 --epochs 5 --out search.json
+    """
+    import torch
+
+    from mpqc.data import load_dataset, subset as take
+    from mpqc.models import build_model, describe_layers, load_weights
+    from mpqc.quant.model import save_quantized
+    from mpqc.search.loop import SearchSettings, run_search
+    from mpqc.search.objective import bitops_table, latency_cost_table
+    from mpqc.latency.space import parse_bits
+    from mpqc.targets import load_target
+
+    if (budget_ms is None) == (budget_ratio is None):
+        raise click.UsageError("give exactly one of --budget-ms and --budget-ratio")
+    target = load_target(target_name)
+    cost = cost or ("latency" if latency_model else "bitops")
+    if cost == "latency" and not latency_model:
+        raise click.UsageError("--cost latency needs --latency-model (make one with "
+                               "`mpqc measure` and `mpqc fit`), or use --cost bitops")
+    candidates = parse_bits(bits)
+    uniform_pair = None
+    if uniform:
+        try:
+            uniform_pair = tuple(int(x) for x in uniform.split(","))
+            assert len(uniform_pair) == 2
+        except (ValueError, AssertionError):
+            raise click.BadParameter(f"{uniform!r} is not A,W", param_hint="--uniform") from None
+        candidates = tuple(sorted(set(candidates) | set(uniform_pair)))
+        parse_bits(",".join(map(str, candidates)))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    splits = load_dataset(data_spec)
+    if subset:
+        splits = type(splits)(**{**splits.__dict__, "train": take(splits.train, subset, seed),
+                                 "val": take(splits.val, max(subset // 5, 64), seed),
+                                 "test": take(splits.test, max(subset // 5, 256), seed)})
+    model = build_model(model_spec, num_classes=splits.num_classes)
+    if weights:
+        load_weights(model, weights)
+    layers = describe_layers(model, splits.input_shape)
+    table = (latency_cost_table(latency_model, layers, candidates, candidates, threads)
+             if cost == "latency" else bitops_table(layers, candidates, candidates))
+    if budget_ratio is not None:
+        if budget_ratio <= 0:
+            raise click.BadParameter("must be positive", param_hint="--budget-ratio")
+        budget_ms = budget_ratio * table.uniform(max(candidates), max(candidates))
+    settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
+                              fp32_epochs=fp32_epochs, batch_size=batch_size, seed=seed,
+                              progress=not quiet)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = run_search(model, splits, table, budget_ms, settings,
+                        out.with_name(out.name + ".ckpt"), uniform_pair, pretrained=bool(weights))
+    qmodel = result.pop("model_q")
+    checkpoint = save_quantized(qmodel, out.with_suffix(".pt"),
+                                {"model": model_spec, "num_classes": splits.num_classes,
+                                 "input_shape": list(splits.input_shape)})
+    report = {"budget_ms": result["budget"], "predicted_ms": result["predicted"],
+              "cost_unit": result["cost_unit"], "method": result["method"],
+              "target": target.name, "model": model_spec, "data": data_spec,
+              "layers": [{"name": l["name"], "a": l["a"], "w": l["w"], "predicted_ms": l["cost"]}
+                         for l in result["layers"]],
+              "accuracy": result["accuracy"], "fp32_accuracy": result["fp32_accuracy"],
+              "trajectory": result["trajectory"], "fixed_layers": result["fixed_layers"],
+              "checkpoint": str(checkpoint)}
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+    click.echo(f"{report['method']}: predicted {report['predicted_ms']:.4g} {report['cost_unit']} "
+               f"(budget {report['budget_ms']:.4g}), accuracy {report['accuracy']:.2%} "
+               f"(fp32 {report['fp32_accuracy']:.2%}); wrote {out} and {checkpoint}")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(search_cmd)

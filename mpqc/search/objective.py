@@ -1,0 +1,104 @@
+"""The search objective (methods.md, "our formulation" where the papers leave it open).
+
+- E[T] = sum_l sum_{a,w} q_{l,a} p_{l,w} T_l(a, w), T a cost table (ms from the latency
+  model of the target, or BitOPs);
+- EBS: task loss + lambda * E[T] / budget;
+- BP-NAS: task loss + B(E[T]) + gamma * R, with the soft barrier
+  B(C) = -mu * log(1 - C / budget) for C <= (1 - eps) * budget, continued by its tangent
+  beyond (finite and steep for an infeasible start), and the Prob-1 regularizer
+  R = sum_l (1 - sum_k p_{l,k}^2) + (1 - sum_k q_{l,k}^2), which is zero exactly when
+  every strength vector is one-hot.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mpqc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CostTable:
+    names: tuple[str, ...]
+    a_bits: tuple[int, ...]
+    w_bits: tuple[int, ...]
+    cost: np.ndarray          # [layer, a index, w index]
+    unit: str                 # "ms" or "GBitOPs"
+
+    def total(self, config: dict[str, tuple[int, int]]) -> float:
+        return float(sum(self.cost[i, self.a_bits.index(config[n][0]), self.w_bits.index(config[n][1])]
+                         for i, n in enumerate(self.names)))
+
+    def minimum(self) -> float:
+        return float(self.cost.min(axis=(1, 2)).sum())
+
+    def uniform(self, a: int, w: int) -> float:
+        return self.total({n: (a, w) for n in self.names})
+
+
+def bitops_table(layers, a_bits, w_bits) -> CostTable:
+    chosen = [l for l in layers if l.quantizable]
+    cost = np.array([[[l.macs * a * w / 1e9 for w in w_bits] for a in a_bits] for l in chosen])
+    return CostTable(tuple(l.name for l in chosen), tuple(a_bits), tuple(w_bits), cost, "GBitOPs")
+
+
+def latency_cost_table(model_file, layers, a_bits, w_bits, threads: int = 1) -> CostTable:
+    from mpqc.latency.table import latency_table
+    names, ms = latency_table(model_file, layers, a_bits, w_bits, threads)
+    return CostTable(tuple(names), tuple(a_bits), tuple(w_bits), ms, "ms")
+
+
+def expected_cost(mixed_layers: dict, table: CostTable) -> torch.Tensor:
+    total = 0.0
+    for i, name in enumerate(table.names):
+        q, p = mixed_layers[name].probabilities()
+        total = total + q @ torch.as_tensor(table.cost[i], dtype=q.dtype) @ p
+    return total
+
+
+def barrier_penalty(cost: torch.Tensor, budget: float, mu: float = 1.0, eps: float = 0.02):
+    ratio = cost / budget
+    edge = 1.0 - eps
+    inside = -mu * torch.log(torch.clamp(1.0 - ratio, min=eps))
+    tangent = -mu * np.log(eps) + mu / eps * (ratio - edge)
+    return torch.where(ratio <= edge, inside, tangent)
+
+
+def prob1_regularizer(mixed_layers: dict) -> torch.Tensor:
+    total = 0.0
+    for layer in mixed_layers.values():
+        q, p = layer.probabilities()
+        total = total + (1 - (p * p).sum()) + (1 - (q * q).sum())
+    return total
+
+
+def repair_to_budget(config: dict, table: CostTable, budget: float) -> dict:
+    """Lower bits, cheapest accuracy loss first (largest cost saving per bit dropped),
+    until the configuration meets the budget; the argmax of a search can land just
+    outside it, and a returned configuration must never do so."""
+    if table.minimum() > budget:
+        raise ConfigError(f"budget {budget:.4g} {table.unit} is below the smallest achievable "
+                          f"{table.minimum():.4g} {table.unit} (every layer at its cheapest pair)")
+    config = dict(config)
+    while table.total(config) > budget:
+        best = None
+        for i, n in enumerate(table.names):
+            a, w = config[n]
+            for cand in ((_lower(table.a_bits, a), w), (a, _lower(table.w_bits, w))):
+                if cand[0] is None or cand[1] is None:
+                    continue
+                saving = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)] - \
+                    table.cost[i, table.a_bits.index(cand[0]), table.w_bits.index(cand[1])]
+                if best is None or saving > best[0]:
+                    best = (saving, n, cand)
+        if best is None:
+            break
+        config[best[1]] = best[2]
+    return config
+
+
+def _lower(bits: tuple[int, ...], b: int):
+    smaller = [x for x in bits if x < b]
+    return max(smaller) if smaller else None

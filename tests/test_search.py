@@ -1,0 +1,131 @@
+"""EBS supernet and the BP-NAS search: gradients, codes, the barrier, budgets, resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mpqc.cli import main
+from mpqc.errors import ConfigError, ModelError
+from mpqc.models import build_model, describe_layers
+from mpqc.quant import act_codes, weight_codes
+from mpqc.search import (barrier_penalty, bitops_table, expected_cost, prob1_regularizer,
+                         repair_to_budget)
+from mpqc.supernet import is_mixed, make_supernet
+
+
+@pytest.fixture(scope="module")
+def resnet_supernet():
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    net, report = make_supernet(model, (1, 2, 3, 4), (1, 2, 3, 4), (3, 32, 32),
+                                calib=torch.randn(8, 3, 32, 32), clip_k=3.0)
+    return model, net, report
+
+
+def test_gradients_reach_strengths_and_steps(resnet_supernet):
+    _, net, report = resnet_supernet
+    assert len(report.searchable) == 18
+    assert [n for n, _ in report.fixed] == ["conv1", "linear"]
+    net.train()
+    torch.nn.functional.cross_entropy(net(torch.randn(4, 3, 32, 32)),
+                                      torch.tensor([0, 1, 2, 3])).backward()
+    for name, m in net.named_modules():
+        if is_mixed(m):
+            for p in (m.alpha, m.beta, m.w_steps, m.a_steps, m.weight):
+                assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_one_hot_strengths_give_the_codes_of_mpqc_quant(resnet_supernet):
+    _, net, _ = resnet_supernet
+    layer = net.layer2[1].conv1
+    with torch.no_grad():
+        layer.alpha.fill_(-1e4)
+        layer.alpha[2] = 1e4   # w = 3
+        layer.beta.fill_(-1e4)
+        layer.beta[1] = 1e4    # a = 2
+    assert layer.chosen() == (2, 3)
+    w = layer._reshaped(layer.weight)
+    torch.testing.assert_close(layer.quantized_weight(),
+                               weight_codes(w, layer.w_steps[2], 3) * layer.w_steps[2])
+    x = torch.rand(2, 32, 16, 16)
+    torch.testing.assert_close(layer.quantized_input(x),
+                               act_codes(x, layer.a_steps[1], 2) * layer.a_steps[1])
+
+
+def test_barrier_and_prob1():
+    budget = 10.0
+    costs = torch.tensor([1.0, 5.0, 9.0, 9.9, 12.0, 20.0])
+    b = barrier_penalty(costs, budget)
+    assert torch.isfinite(b).all() and (b[1:] > b[:-1]).all()  # steep, finite past the budget
+    assert b[0] < 0.2
+    mixed = {"x": type("L", (), {"probabilities": lambda self: (torch.tensor([1.0, 0.0]),
+                                                                 torch.tensor([0.0, 1.0]))})()}
+    assert float(prob1_regularizer(mixed)) == 0.0
+    mixed = {"x": type("L", (), {"probabilities": lambda self: (torch.tensor([0.5, 0.5]),
+                                                                 torch.tensor([0.5, 0.5]))})()}
+    assert float(prob1_regularizer(mixed)) == 1.0
+
+
+def test_expected_cost_and_repair(resnet_supernet):
+    model, net, _ = resnet_supernet
+    layers = describe_layers(model, (3, 32, 32))
+    table = bitops_table(layers, (1, 2, 3, 4), (1, 2, 3, 4))
+    mixed = {n: m for n, m in net.named_modules() if is_mixed(m)}
+    for m in mixed.values():
+        with torch.no_grad():
+            m.alpha.zero_()
+            m.beta.zero_()
+    uniform_mean = float(np.mean(table.cost, axis=(1, 2)).sum())
+    assert float(expected_cost(mixed, table)) == pytest.approx(uniform_mean, rel=1e-5)
+    budget = table.uniform(2, 2)
+    fixed = repair_to_budget({n: (4, 4) for n in table.names}, table, budget)
+    assert table.total(fixed) <= budget
+    with pytest.raises(ConfigError, match="smallest achievable"):
+        repair_to_budget(fixed, table, table.minimum() * 0.99)
+
+
+def test_a_model_with_nothing_to_search_is_refused():
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 26 * 26, 10))
+    with pytest.raises(ModelError, match="no layer to search"):
+        make_supernet(tiny, (1, 2), (1, 2), (1, 28, 28))
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_search_cli_meets_the_budget_and_resumes(tmp_path):
+    out = tmp_path / "search.json"
+    args = ["search", "--model", "democnn", "--data", "mnist", "--subset", "600",
+            "--budget-ratio", "0.3", "--epochs", "1", "--finetune-epochs", "1",
+            "--fp32-epochs", "1", "--batch-size", "64", "--out", out, "--quiet"]
+    first = run(*args)
+    assert first.exit_code == 0, first.output
+    result = json.loads(out.read_text())
+    for key in ("budget_ms", "predicted_ms", "method", "target", "layers", "accuracy",
+                "fp32_accuracy", "trajectory"):
+        assert key in result
+    assert result["predicted_ms"] <= result["budget_ms"]
+    assert len(result["layers"]) == 4 and len(result["trajectory"]) == 1
+    assert all(1 <= l["a"] <= 4 and 1 <= l["w"] <= 4 for l in result["layers"])
+    assert (tmp_path / "search.pt").exists() and (tmp_path / "search.json.ckpt").exists()
+    again = run(*args)  # everything is in the checkpoint: same result, nothing retrained
+    assert again.exit_code == 0, again.output
+    assert json.loads(out.read_text())["layers"] == result["layers"]
+
+
+def test_search_cli_bad_inputs(tmp_path):
+    base = ["search", "--model", "democnn", "--data", "mnist", "--subset", "200",
+            "--out", tmp_path / "s.json", "--quiet"]
+    out = run(*base, "--budget-ms", "1e-9")
+    assert out.exit_code == 2 and "smallest achievable" in out.output
+    out = run(*base, "--budget-ratio", "0.5", "--bits", "0,9")
+    assert out.exit_code == 2 and "outside 1..8" in out.output
+    out = run(*base)
+    assert out.exit_code == 2 and "--budget-ms" in out.output
+    (tmp_path / "s.json.ckpt").write_bytes(b"not a checkpoint")
+    out = run(*base, "--budget-ratio", "0.5")
+    assert out.exit_code == 2 and "corrupt" in out.output
