@@ -28,8 +28,6 @@ def bench_library(path, peers: bool = False, threads: int = 1, repeats: int = 30
         if spec.weights:
             load_weights(model, spec.weights)
         calib = calibration_images(spec)
-        if calib is None:
-            calib = test_images(spec, 16, seed=1)
         image = test_images(spec, 1)[0]
         for name, timing in time_peers(model, default_input_shape(spec), image, calib,
                                        threads, repeats).items():

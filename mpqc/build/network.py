@@ -16,6 +16,8 @@ import numpy as np
 from mpqc.errors import ConfigError, ModelError
 
 INIT_SEED = 0  # initialisation of a model built without weights
+CALIBRATION_SEED = 1000  # random calibration images without data (not the test images' seed)
+RANDOM_CALIBRATION = 16
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,13 @@ def normalisation(spec: NetworkSpec) -> dict:
     return {"mean": None, "std": None, "source": None}
 
 
-def calibration_images(spec: NetworkSpec, count: int | None = None) -> np.ndarray | None:
-    """The first `count` training images of the data, normalised (None without data)."""
+def calibration_images(spec: NetworkSpec, count: int | None = None) -> np.ndarray:
+    """The first `count` training images of the data, normalised; without data,
+    standard-normal images (seeded: the same every time), like normalised inputs."""
     if not spec.data:
-        return None
+        rng = np.random.default_rng(CALIBRATION_SEED)
+        n = min(count or spec.calibration, RANDOM_CALIBRATION)
+        return rng.standard_normal((n, *default_input_shape(spec))).astype(np.float32)
     import torch
     from mpqc.data import load_dataset
     splits = load_dataset(spec.data, augment=False)
@@ -134,8 +139,7 @@ def build_quantized_model(spec: NetworkSpec):
         load_weights(model, spec.weights)
     layers = describe_layers(model, shape, first_last_8bit=True)
     config = parse_config(spec.config, layers)
-    calib = calibration_images(spec)
-    calib_tensor = None if calib is None else torch.from_numpy(calib)
+    calib_tensor = torch.from_numpy(calibration_images(spec))
     model = quantize_model(model.eval(), config, calib=calib_tensor,
                            first_last_bits=spec.first_last_bits, input_shape=shape)
     return model.eval(), shape

@@ -82,7 +82,8 @@ def quantize_input(x: np.ndarray, op: Op) -> np.ndarray:
     from mpqc.quant.codes import act_codes
     p = op.params
     signed = p["low"] < 0
-    codes = act_codes(torch.from_numpy(np.ascontiguousarray(x, np.float32)), p["step"],
+    step = torch.tensor(p["step"], dtype=torch.float32)  # the layer's float32 step
+    codes = act_codes(torch.from_numpy(np.ascontiguousarray(x, np.float32)), step,
                       p["bits"], signed=signed)
     codes = codes.detach().numpy().round().astype(np.int64)
     return codes.transpose(0, 2, 3, 1).astype(np.int8 if signed else np.uint8)
