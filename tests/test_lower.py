@@ -108,3 +108,14 @@ def test_config_naming_missing_layers_is_refused(tmp_path):
 def test_config_bits_out_of_range_are_refused():
     with pytest.raises(ConfigError, match="outside 1..8"):
         _quantized("democnn", "uniform:0,2")
+
+
+def test_rebuilt_reference_has_the_same_steps(monkeypatch):
+    """Calibrating on > 1M activation values subsamples at random: rebuilding the model
+    from the same spec (as verify does) must still give the very same steps."""
+    from mpqc.build import network
+    monkeypatch.setattr(network, "RANDOM_CALIBRATION", 70)
+    spec = NetworkSpec(model="resnet20", config="uniform:2,2", calibration=70)
+    steps = [[float(m.a_step) for m in build_quantized_model(spec)[0].modules()
+              if hasattr(m, "a_step")] for _ in range(2)]
+    assert steps[0] == steps[1]
