@@ -26,7 +26,7 @@ test-slow: setup
 	$(PY) -m pytest -m slow -q
 
 test-arm64: setup arm64-device
-	$(PY) -m pytest -q tests/test_arm64_device.py
+	$(PY) -m pytest -q tests/test_arm64_device.py tests/test_deploy_arm64.py
 
 # the emulated ARM64 board (qemu-user + Debian arm64 Python + aarch64 TVM), for checking
 # cross-compiled kernels; installs qemu-user-static, debootstrap, g++-aarch64-linux-gnu

@@ -143,9 +143,10 @@ def test_farm_of_two_servers_shares_the_work_and_agrees_with_local(tmp_path, rpc
     for r in read_db(serial_db):
         mine = local[r.key]
         assert mine.knobs == r.knobs and mine.word_bits == r.word_bits
-        ratios.append(r.median_ms / mine.median_ms)
-    # same kernels, same machine: equal within the noise of a shared 2-core host, where
-    # other work can double a single short kernel's time but not the typical one
+        ratios.append(r.min_ms / mine.min_ms)
+    # same kernels, same machine: equal within noise. The fastest sample is compared
+    # (other work on a shared 2-core host slows samples down, never speeds them up);
+    # a single short kernel can still be hit twice as hard as the typical one
     assert 0.67 < statistics.median(ratios) < 1.5, ratios
     assert all(0.4 < x < 2.5 for x in ratios), ratios
 

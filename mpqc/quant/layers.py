@@ -58,7 +58,9 @@ def init_act_step(x: torch.Tensor | None, bits: int, signed: bool) -> float:
         return (3.0 if signed else 4.0) / hi
     values = x.detach().abs().flatten() if signed else x.detach().clamp(min=0).flatten()
     if values.numel() > 1_000_000:
-        values = values[torch.randperm(values.numel())[:1_000_000]]
+        # a fixed sample: rebuilding a model (verify, resume) must give the same steps
+        pick = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))
+        values = values[pick[:1_000_000]]
     top = float(torch.quantile(values.float(), 0.999)) if values.numel() else 0.0
     return max(top, 1e-3) / hi
 

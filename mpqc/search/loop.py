@@ -6,7 +6,6 @@ checkpointed; a rerun with the same arguments resumes from the last finished epo
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -90,16 +89,24 @@ def settings_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _float_from_supernet(model, supernet):
-    """The float model carrying the supernet's meta weights (scale-clipped) and BN."""
-    net = copy.deepcopy(model)
-    state = {k: v for k, v in supernet.state_dict().items() if k in net.state_dict()}
-    net.load_state_dict(state)
+def _quantized_from_supernet(model, supernet, config, input_shape):
+    """The fake-quant model of `config` that starts where the supernet ended: its meta
+    weights (scale-clipped), BN statistics, fixed layers, and for each searched layer the
+    steps of the chosen candidates. Recalibrating from a float forward instead would
+    see activations the supernet never produced (its quantizers clip them)."""
+    from mpqc.quant.model import quantize_model
+    qmodel = quantize_model(model.eval(), config, input_shape=input_shape)
+    mine = qmodel.state_dict()
+    qmodel.load_state_dict({k: v for k, v in supernet.state_dict().items()
+                            if k in mine and v.shape == mine[k].shape}, strict=False)
     with torch.no_grad():
         for name, m in supernet.named_modules():
             if is_mixed(m):
-                net.get_submodule(name).weight.copy_(m._reshaped(m.weight))
-    return net
+                q = qmodel.get_submodule(name)
+                q.weight.copy_(m._reshaped(m.weight))
+                q.a_step.fill_(float(m.a_steps[m.a_candidates.index(q.a_bits)]))
+                q.w_step.fill_(float(m.w_steps[m.w_candidates.index(q.w_bits)]))
+    return qmodel
 
 
 def run_search(model, splits, table: CostTable, budget: float, settings: SearchSettings,
@@ -175,28 +182,27 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
                 ckpt.save(state)
             argmax = {n: m.chosen() for n, m in mixed.items()}
             config = repair_to_budget(argmax, table, budget)
-            base = _float_from_supernet(model, supernet)
+            qmodel = _quantized_from_supernet(model, supernet, config, shape)
             state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
                          argmax={n: list(v) for n, v in argmax.items()},
-                         base_state=base.state_dict())
+                         qat_state=qmodel.state_dict())
             ckpt.save(state)
         fixed = [list(x) for x in report.fixed]
     else:
         if state["phase"] == "search":
-            state.update(phase="finetune", epoch=0,
-                         config={n: list(uniform) for n in table.names},
-                         base_state=model.state_dict())
+            from mpqc.quant.model import quantize_model
+            config = {n: tuple(uniform) for n in table.names}
+            qmodel = quantize_model(model.eval(), config, calib=calib)
+            state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
+                         qat_state=qmodel.state_dict())
             ckpt.save(state)
         fixed = []
 
     # 3. fine-tune the chosen configuration (plain QAT) and evaluate it
     from mpqc.quant.model import quantize_model
     config = {n: tuple(v) for n, v in state["config"].items()}
-    base = copy.deepcopy(model)
-    base.load_state_dict(state["base_state"])
-    qmodel = quantize_model(base.eval(), config, calib=calib)
-    if "qat_state" in state:
-        qmodel.load_state_dict(state["qat_state"])
+    qmodel = quantize_model(model.eval(), config, input_shape=shape)
+    qmodel.load_state_dict(state["qat_state"])
     opt = torch.optim.Adam(qmodel.parameters(), lr=settings.lr)
     for epoch in range(state["epoch"], settings.finetune_epochs):
         _train_epoch(qmodel, train, opt, f"fine-tune epoch {epoch + 1}", settings.progress)
