@@ -176,8 +176,9 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
                                     cost=f"{cost.item():.4g}/{budget:.4g} {table.unit}")
                 with torch.no_grad():
                     e_cost = float(expected_cost(mixed, table))
+                    prob1 = float(prob1_regularizer(mixed))
                 state["history"].append({"epoch": epoch + 1, "expected_cost": e_cost,
-                                         "prob1": float(prob1_regularizer(mixed))})
+                                         "prob1": prob1})
                 state.update(epoch=epoch + 1, supernet_state=supernet.state_dict())
                 ckpt.save(state)
             argmax = {n: m.chosen() for n, m in mixed.items()}
