@@ -38,6 +38,22 @@ def check_bits(a_bits: int, w_bits: int, where: str = "") -> None:
                               f"(pair a={a_bits}, w={w_bits}) is outside 1..8")
 
 
+def check_config(pairs: dict, names: list[str], where: str = "") -> dict[str, tuple[int, int]]:
+    """A full bit configuration of the layers `names`, in their order: every name has a
+    pair, no other name appears, every pair is in 1..8."""
+    prefix = f"{where}: " if where else ""
+    unknown = sorted(set(pairs) - set(names))
+    if unknown:
+        raise ConfigError(f"{prefix}layer {unknown[0]!r} is not a quantizable layer of the "
+                          f"model (its quantizable layers: {', '.join(names)})")
+    missing = [n for n in names if n not in pairs]
+    if missing:
+        raise ConfigError(f"{prefix}no bit pair for layer {missing[0]!r}")
+    for name in names:
+        check_bits(*pairs[name], f"layer {name}")
+    return {n: tuple(pairs[n]) for n in names}
+
+
 def weight_offset(w_bits: int) -> tuple[int, int]:
     """(s, z) with w_signed = s * u - z for the stored unsigned code u."""
     return (2, 1) if w_bits == 1 else (1, 1 << (w_bits - 1))

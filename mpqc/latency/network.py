@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mpqc.errors import ConfigError
 from mpqc.latency.records import LayerShape
-from mpqc.schedules.spec import check_bits
+from mpqc.schedules.spec import check_bits, check_config
 
 
 @dataclass(frozen=True)
@@ -70,16 +70,7 @@ def parse_config(text: str, layers) -> dict[str, tuple[int, int]]:
             raise ConfigError(f"{path}: map each layer name to [a, w]") from None
     else:
         raise ConfigError(f"{path}: expected a JSON object")
-    unknown = sorted(set(pairs) - set(names))
-    if unknown:
-        raise ConfigError(f"{path}: layer {unknown[0]!r} is not a quantizable layer of the "
-                          f"model (its layers: {', '.join(names)})")
-    missing = [n for n in names if n not in pairs]
-    if missing:
-        raise ConfigError(f"{path}: no bit pair for layer {missing[0]!r}")
-    for name, (a, w) in pairs.items():
-        check_bits(a, w, f"layer {name}")
-    return {n: pairs[n] for n in names}
+    return check_config(pairs, names, str(path))
 
 
 def predict_network(model, layers, config: dict[str, tuple[int, int]], threads: int = 1,

@@ -65,6 +65,14 @@ def init_act_step(x: torch.Tensor | None, bits: int, signed: bool) -> float:
     return max(top, 1e-3) / hi
 
 
+def copy_float_params(dst: nn.Module, src: nn.Module) -> None:
+    """The float weight and bias of `src` into a quantized or mixed twin `dst`."""
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)
+        if src.bias is not None:
+            dst.bias.copy_(src.bias)
+
+
 class _QuantMixin:
     a_bits: int
     w_bits: int
@@ -101,10 +109,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         q = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride,
                 module.padding, module.dilation, module.groups, module.bias is not None,
                 module.padding_mode, device=module.weight.device, dtype=module.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(module.weight)
-            if module.bias is not None:
-                q.bias.copy_(module.bias)
+        copy_float_params(q, module)
         q._setup(a_bits, w_bits, a_signed)
         return q
 
@@ -117,9 +122,6 @@ class QuantLinear(_QuantMixin, nn.Linear):
     def from_float(cls, module: nn.Linear, a_bits: int, w_bits: int, a_signed: bool = False):
         q = cls(module.in_features, module.out_features, module.bias is not None,
                 device=module.weight.device, dtype=module.weight.dtype)
-        with torch.no_grad():
-            q.weight.copy_(module.weight)
-            if module.bias is not None:
-                q.bias.copy_(module.bias)
+        copy_float_params(q, module)
         q._setup(a_bits, w_bits, a_signed)
         return q

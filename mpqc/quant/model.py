@@ -25,7 +25,7 @@ from torch import nn
 
 from mpqc.errors import ConfigError, ModelError, first_line
 from mpqc.quant.layers import QuantConv2d, QuantLinear, init_act_step
-from mpqc.schedules.spec import check_bits
+from mpqc.schedules.spec import check_bits, check_config
 
 FORMAT = "mpqc-quantized/1"
 
@@ -111,19 +111,8 @@ def quantize_model(model: nn.Module, config: Mapping[str, tuple[int, int]] | tup
     if not searchable:
         raise ModelError(f"model {type(model).__name__} has no quantizable layer besides the "
                          "8-bit first and last ones")
-    if isinstance(config, Mapping):
-        unknown = sorted(set(config) - set(searchable))
-        if unknown:
-            raise ConfigError(f"layer {unknown[0]!r} is not a quantizable layer of the model "
-                              f"(quantizable: {', '.join(searchable)})")
-        missing = [n for n in searchable if n not in config]
-        if missing:
-            raise ConfigError(f"no bit pair for layer {missing[0]!r}")
-        pairs = {n: tuple(config[n]) for n in searchable}
-    else:
-        pairs = {n: tuple(config) for n in searchable}
-    for name, (a, w) in pairs.items():
-        check_bits(a, w, f"layer {name}")
+    pairs = check_config(config if isinstance(config, Mapping)
+                         else {n: tuple(config) for n in searchable}, searchable)
 
     first, last = layers[0].name, layers[-1].name
     plan: dict[str, tuple[int, int, bool]] = {n: (a, w, False) for n, (a, w) in pairs.items()}

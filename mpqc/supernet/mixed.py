@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mpqc.quant.codes import act_range
-from mpqc.quant.layers import (fake_quant_act, fake_quant_weight, init_act_step,
-                               init_weight_step)
+from mpqc.quant.layers import (copy_float_params, fake_quant_act, fake_quant_weight,
+                               init_act_step, init_weight_step)
 
 
 class _Mixed:
@@ -73,10 +73,7 @@ class MixedConv2d(_Mixed, nn.Conv2d):
     def from_float(cls, m: nn.Conv2d, w_bits, a_bits, clip_k=None):
         layer = cls(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
                     m.dilation, m.groups, m.bias is not None, m.padding_mode)
-        with torch.no_grad():
-            layer.weight.copy_(m.weight)
-            if m.bias is not None:
-                layer.bias.copy_(m.bias)
+        copy_float_params(layer, m)
         layer._setup(w_bits, a_bits, clip_k)
         return layer
 
@@ -88,10 +85,7 @@ class MixedLinear(_Mixed, nn.Linear):
     @classmethod
     def from_float(cls, m: nn.Linear, w_bits, a_bits, clip_k=None):
         layer = cls(m.in_features, m.out_features, m.bias is not None)
-        with torch.no_grad():
-            layer.weight.copy_(m.weight)
-            if m.bias is not None:
-                layer.bias.copy_(m.bias)
+        copy_float_params(layer, m)
         layer._setup(w_bits, a_bits, clip_k)
         return layer
 
