@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: the flow that exists today, on the embedded default (democnn on MNIST,
-# the host target). Artifacts go to demo-out/.
+# `make demo`: the flow on the embedded default (democnn on MNIST, the host target):
+# kernels, latency model, search, library, verification, benchmark. Artifacts go to demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MPQC=.venv/bin/mpqc
@@ -42,4 +42,26 @@ for line in open(sys.argv[1]):
     print(f'{r["spec"]:32s} {r["a_bits"]}x{r["w_bits"]}  {"yes" if r["exact"] else "NO":5s} '
           f'{r["median_ms"]:9.4f} {r["gbmacs"]:14.1f}')
 PY
-echo; echo "demo artifacts in $OUT/: targets.json layers.json kernels.jsonl"
+echo; echo "== measure: democnn's layers and random shapes at 1-2 bits -> $OUT/latency.jsonl"
+$MPQC measure --model democnn --bits 1,2 --repeats 5 --db "$OUT/latency.jsonl"
+$MPQC measure --space random --count 24 --bits 1,2 --repeats 5 --db "$OUT/latency.jsonl"
+
+echo; echo "== fit: the latency model of this CPU -> $OUT/latency_model.json"
+$MPQC fit --db "$OUT/latency.jsonl" --out "$OUT/latency_model.json"
+
+echo; echo "== search: BP-NAS over a in {1,2}, w in {1,2} at half the 2x2 latency -> $OUT/search.json"
+$MPQC search --model democnn --data mnist --subset 10000 --fp32-epochs 4 --finetune-epochs 2 \
+    --bits 1,2 --budget-ratio 0.5 \
+    --latency-model "$OUT/latency_model.json" --out "$OUT/search.json" --quiet
+read -r PREDICTED BUDGET < <(.venv/bin/python -c \
+    'import json,sys; r=json.load(open(sys.argv[1])); print(r["predicted_ms"], r["budget_ms"])' \
+    "$OUT/search.json")
+
+echo; echo "== compile, verify, bench the searched network"
+$MPQC compile --model democnn --checkpoint "$OUT/search.pt" --data mnist \
+    --predicted-ms "$PREDICTED" --budget-ms "$BUDGET" --out "$OUT/democnn.so"
+$MPQC verify "$OUT/democnn.so"
+$MPQC bench "$OUT/democnn.so" --peers --threads 1 --json "$OUT/bench.json"
+
+echo; echo "demo artifacts in $OUT/: targets.json layers.json kernels.jsonl latency.jsonl"
+echo "  latency_model.json search.json search.pt democnn.so democnn.manifest.json bench.json"
