@@ -7,13 +7,56 @@ reshaping): W is clipped to +-k * mean|W| before quantizing, so low-bit grids fi
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mpqc.quant.codes import act_range
-from mpqc.quant.layers import (copy_float_params, fake_quant_act, fake_quant_weight,
-                               init_act_step, init_weight_step)
+from mpqc.quant.layers import copy_float_params, init_act_step, init_weight_step
+from mpqc.schedules.spec import weight_code_range
+
+
+class MixedQuant(torch.autograd.Function):
+    """sum_b p_b Q_b(t), saving only t, the steps and p for the backward pass.
+
+    Composed from autograd ops, every candidate would keep its own tensor-sized
+    intermediates, and a step's memory would grow with the number of candidates; here the
+    backward recomputes them one candidate at a time. `grids` holds one (lo, hi, bipolar)
+    per candidate: codes clamp(round(t / s), lo, hi), or sign(t) for the 1-bit bipolar
+    weight code. Gradients are those of mpqc.quant.layers' fake_quant_act and
+    fake_quant_weight (LSQ: straight-through inside the clamp range, step gradients
+    scaled by `grad_scales`), tested against them.
+    """
+
+    @staticmethod
+    def _codes(t, step, grid):
+        lo, hi, bipolar = grid
+        v = t / step
+        r = torch.where(t >= 0, 1.0, -1.0).to(t.dtype) if bipolar else torch.clamp(torch.round(v), lo, hi)
+        return v, r
+
+    @staticmethod
+    def forward(ctx, t, steps, probs, grids, grad_scales):
+        ctx.save_for_backward(t, steps, probs)
+        ctx.grids, ctx.grad_scales = grids, grad_scales
+        out = torch.zeros_like(t)
+        for i, grid in enumerate(grids):
+            out += probs[i] * (MixedQuant._codes(t, steps[i], grid)[1] * steps[i])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        t, steps, probs = ctx.saved_tensors
+        gt, gs, gp = torch.zeros_like(t), torch.zeros_like(steps), torch.zeros_like(probs)
+        for i, grid in enumerate(ctx.grids):
+            v, r = MixedQuant._codes(t, steps[i], grid)
+            inside = (v >= grid[0]) & (v <= grid[1])
+            gp[i] = (grad * r * steps[i]).sum()
+            gt += probs[i] * grad * inside
+            gs[i] = probs[i] * (grad * torch.where(inside, r - v, r)).sum() * ctx.grad_scales[i]
+        return gt, gs, gp, None, None
 
 
 class _Mixed:
@@ -46,15 +89,18 @@ class _Mixed:
         return F.softmax(self.beta, 0), F.softmax(self.alpha, 0)
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
-        q = F.softmax(self.beta, 0)
-        return sum(q[i] * fake_quant_act(x, self.a_steps[i], b)
-                   for i, b in enumerate(self.a_candidates))
+        per_sample = max(x[0].numel(), 1)
+        grids = tuple((0, (1 << b) - 1, False) for b in self.a_candidates)
+        scales = tuple(1.0 / math.sqrt(per_sample * hi) for _, hi, _ in grids)
+        return MixedQuant.apply(x, self.a_steps, F.softmax(self.beta, 0), grids, scales)
 
     def quantized_weight(self) -> torch.Tensor:
-        p = F.softmax(self.alpha, 0)
         w = self._reshaped(self.weight)
-        return sum(p[i] * fake_quant_weight(w, self.w_steps[i], b)
-                   for i, b in enumerate(self.w_candidates))
+        grids = tuple((-1, 1, True) if b == 1 else (*weight_code_range(b), False)
+                      for b in self.w_candidates)
+        scales = tuple(1.0 / math.sqrt(w.numel() * (1 if bipolar else hi))
+                       for _, hi, bipolar in grids)
+        return MixedQuant.apply(w, self.w_steps, F.softmax(self.alpha, 0), grids, scales)
 
     def chosen(self) -> tuple[int, int]:
         """(a, w) of the largest strengths."""
