@@ -122,5 +122,73 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
                f"(fp32 {report['fp32_accuracy']:.2%}); wrote {out} and {checkpoint}")
 
 
+@click.command("sweep")
+@click.option("--model", "model_spec", required=True, help="resnet20, democnn or pkg.mod:fn.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None)
+@click.option("--data", "data_spec", required=True)
+@click.option("--target", "target_name", default="host", show_default=True)
+@click.option("--latency-model", type=click.Path(dir_okay=False), default=None,
+              help="Latency model of the target (without it the cost is BitOPs).")
+@click.option("--budget-ratios", default="0.3,0.5,0.7", show_default=True,
+              help="Budgets to search, as ratios of the largest uniform configuration.")
+@click.option("--uniform", "uniform_pairs", multiple=True, default=["2,2", "3,3"],
+              show_default=True, help="Uniform baselines A,W trained with the same schedule.")
+@click.option("--method", type=click.Choice(["ebs", "bpnas"]), default="bpnas", show_default=True)
+@click.option("--bits", default="1,2,3,4", show_default=True)
+@click.option("--epochs", default=2, show_default=True)
+@click.option("--finetune-epochs", default=1, show_default=True)
+@click.option("--fp32-epochs", default=1, show_default=True)
+@click.option("--subset", type=int, default=None)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False),
+              help="One search JSON per run, sweep.json and pareto.png go here.")
+@click.pass_context
+def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, budget_ratios,
+              uniform_pairs, method, bits, epochs, finetune_epochs, fp32_epochs, subset,
+              batch_size, seed, out_dir):
+    """Search at several budgets and train uniform baselines; draw the Pareto plot.
+
+    Every run is an `mpqc search` with its own JSON (and checkpoint, so a killed sweep
+    resumes); sweep.json lists the points and pareto.png shows accuracy against predicted
+    cost, searched against uniform.
+    """
+    from mpqc.search.plot import plot_pareto
+
+    try:
+        ratios = [float(r) for r in budget_ratios.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{budget_ratios!r} is not a list of numbers",
+                                 param_hint="--budget-ratios") from None
+    out = Path(out_dir)
+    common = dict(model_spec=model_spec, weights=weights, data_spec=data_spec,
+                  target_name=target_name, cost=None, latency_model=latency_model,
+                  budget_ms=None, method=method, bits=bits, epochs=epochs,
+                  finetune_epochs=finetune_epochs, fp32_epochs=fp32_epochs, subset=subset,
+                  batch_size=batch_size, seed=seed, threads=1, quiet=True)
+    runs = [(f"{method} {r:g}", "searched", dict(budget_ratio=r, uniform=None),
+             out / f"search-{r:g}.json") for r in ratios]
+    runs += [(f"uniform {u}", "uniform", dict(budget_ratio=1.0, uniform=u),
+              out / f"uniform-{u.replace(',', 'x')}.json") for u in uniform_pairs]
+    points = []
+    for label, kind, extra, path in runs:
+        click.echo(f"== {label}")
+        ctx.invoke(search_cmd, **common, **extra, out_path=str(path))
+        result = json.loads(path.read_text())
+        points.append({"label": label, "kind": kind, "file": path.name,
+                       "predicted": result["predicted_ms"], "budget": result["budget_ms"],
+                       "accuracy": result["accuracy"], "unit": result["cost_unit"]})
+    unit = points[0]["unit"]
+    (out / "sweep.json").write_text(json.dumps({"model": model_spec, "data": data_spec,
+                                                "cost_unit": unit, "points": points}, indent=2))
+    plot_pareto(points, unit, str(out / "pareto.png"), f"{model_spec}, {method}")
+    from mpqc.cli import _table
+    click.echo(_table([[p["label"], f"{p['predicted']:.4g}", f"{p['budget']:.4g}",
+                        f"{p['accuracy']:.2%}"] for p in points],
+                      ["run", f"predicted {unit}", "budget", "accuracy"]))
+    click.echo(f"wrote {out / 'sweep.json'} and {out / 'pareto.png'}")
+
+
 def register(group: click.Group) -> None:
     group.add_command(search_cmd)
+    group.add_command(sweep_cmd)

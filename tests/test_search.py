@@ -185,3 +185,24 @@ def test_supernet_memory_is_flat_in_the_number_of_candidates():
             net.train()(torch.randn(16, 3, 32, 32))
         return total[0]
     assert saved_bytes(tuple(range(1, 9))) <= 1.25 * saved_bytes((1, 2))
+
+
+def test_pareto_front():
+    from mpqc.search.plot import pareto_front
+    pts = [{"predicted": 1, "accuracy": 0.5}, {"predicted": 2, "accuracy": 0.4},
+           {"predicted": 3, "accuracy": 0.9}, {"predicted": 3, "accuracy": 0.8}]
+    assert [(p["predicted"], p["accuracy"]) for p in pareto_front(pts)] == [(1, 0.5), (3, 0.9)]
+
+
+def test_sweep_writes_points_and_the_pareto_plot(tmp_path):
+    out = run("sweep", "--model", "democnn", "--data", "mnist", "--subset", "300",
+              "--budget-ratios", "0.4", "--uniform", "2,2", "--epochs", "1",
+              "--batch-size", "64", "--out-dir", tmp_path)
+    assert out.exit_code == 0, out.output
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    kinds = [p["kind"] for p in sweep["points"]]
+    assert kinds == ["searched", "uniform"]
+    searched, uniform = sweep["points"]
+    assert searched["predicted"] <= searched["budget"]
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "uniform-2x2.json").read_text())["layers"][0]["a"] == 2
