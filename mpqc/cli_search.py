@@ -28,8 +28,14 @@ import click
               help="Train a uniform baseline with the same schedule instead of searching.")
 @click.option("--epochs", default=2, show_default=True, help="Search epochs.")
 @click.option("--finetune-epochs", default=1, show_default=True)
-@click.option("--fp32-epochs", default=1, show_default=True,
+@click.option("--fp32-epochs", default=2, show_default=True,
               help="fp32 training epochs when no --weights are given.")
+@click.option("--lam", type=float, default=1.0, show_default=True, help="EBS cost weight.")
+@click.option("--mu", type=float, default=0.01, show_default=True, help="BP-NAS barrier weight.")
+@click.option("--gamma", "gamma_max", type=float, default=0.05, show_default=True,
+              help="BP-NAS Prob-1 weight reached at the end of the search (annealed from 0).")
+@click.option("--clip-k", type=float, default=3.0, show_default=True,
+              help="Scale-clip: weights clipped to +-k mean|W| in the supernet (0: off).")
 @click.option("--subset", type=int, default=None, help="Use N training images (and N/5 val/test).")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -38,8 +44,8 @@ import click
               help="Result JSON; the checkpoint (resume) and the fine-tuned model go beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
-               budget_ratio, method, bits, uniform, epochs, finetune_epochs, fp32_epochs, subset,
-               batch_size, seed, threads, out_path, quiet):
+               budget_ratio, method, bits, uniform, epochs, finetune_epochs, fp32_epochs, lam, mu,
+               gamma_max, clip_k, subset, batch_size, seed, threads, out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
     Alternates weight steps (train split) and strength steps (validation split) of an
@@ -57,6 +63,7 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
     from mpqc.data import load_dataset, subset as take
     from mpqc.models import build_model, describe_layers, load_weights
     from mpqc.quant.model import save_quantized
+    from mpqc.search.distributed import join_world
     from mpqc.search.loop import SearchSettings, run_search
     from mpqc.search.objective import bitops_table, latency_cost_table
     from mpqc.latency.space import parse_bits
@@ -79,7 +86,9 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
             raise click.BadParameter(f"{uniform!r} is not A,W", param_hint="--uniform") from None
         candidates = tuple(sorted(set(candidates) | set(uniform_pair)))
         parse_bits(",".join(map(str, candidates)))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    world = join_world()
+    if world.distributed:  # the processes share the machine's cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // world.size))
     splits = load_dataset(data_spec)
     if subset:
         splits = type(splits)(**{**splits.__dict__, "train": take(splits.train, subset, seed),
@@ -95,14 +104,23 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
         if budget_ratio <= 0:
             raise click.BadParameter("must be positive", param_hint="--budget-ratio")
         budget_ms = budget_ratio * table.uniform(max(candidates), max(candidates))
+    for name, value in (("--lam", lam), ("--mu", mu), ("--gamma", gamma_max),
+                        ("--clip-k", clip_k), ("--epochs", epochs),
+                        ("--finetune-epochs", finetune_epochs), ("--fp32-epochs", fp32_epochs)):
+        if value < 0:
+            raise click.BadParameter("must not be negative", param_hint=name)
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
-                              fp32_epochs=fp32_epochs, batch_size=batch_size, seed=seed,
+                              fp32_epochs=fp32_epochs, batch_size=batch_size, lam=lam, mu=mu,
+                              gamma_max=gamma_max, clip_k=clip_k or None, seed=seed,
                               progress=not quiet)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = run_search(model, splits, table, budget_ms, settings,
-                        out.with_name(out.name + ".ckpt"), uniform_pair, pretrained=bool(weights))
+                        out.with_name(out.name + ".ckpt"), uniform_pair, pretrained=bool(weights),
+                        world=world)
     qmodel = result.pop("model_q")
+    if not world.main:
+        return
     checkpoint = save_quantized(qmodel, out.with_suffix(".pt"),
                                 {"model": model_spec, "num_classes": splits.num_classes,
                                  "input_shape": list(splits.input_shape)})
@@ -112,7 +130,9 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
               "layers": [{"name": l["name"], "a": l["a"], "w": l["w"], "predicted_ms": l["cost"]}
                          for l in result["layers"]],
               "accuracy": result["accuracy"], "fp32_accuracy": result["fp32_accuracy"],
-              "trajectory": result["trajectory"], "fixed_layers": result["fixed_layers"],
+              "trajectory": result["trajectory"],
+              "start_expected_cost": result["start_expected_cost"],
+              "fixed_layers": result["fixed_layers"], "world_size": result["world_size"],
               "checkpoint": str(checkpoint)}
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2))
@@ -137,7 +157,7 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
 @click.option("--bits", default="1,2,3,4", show_default=True)
 @click.option("--epochs", default=2, show_default=True)
 @click.option("--finetune-epochs", default=1, show_default=True)
-@click.option("--fp32-epochs", default=1, show_default=True)
+@click.option("--fp32-epochs", default=2, show_default=True)
 @click.option("--subset", type=int, default=None)
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -165,7 +185,7 @@ def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, b
                   target_name=target_name, cost=None, latency_model=latency_model,
                   budget_ms=None, method=method, bits=bits, epochs=epochs,
                   finetune_epochs=finetune_epochs, fp32_epochs=fp32_epochs, subset=subset,
-                  batch_size=batch_size, seed=seed, threads=1, quiet=True)
+                  batch_size=batch_size, seed=seed, threads=1, quiet=True)  # others: defaults
     runs = [(f"{method} {r:g}", "searched", dict(budget_ratio=r, uniform=None),
              out / f"search-{r:g}.json") for r in ratios]
     runs += [(f"uniform {u}", "uniform", dict(budget_ratio=1.0, uniform=u),

@@ -78,7 +78,7 @@ def test_expected_cost_and_repair(resnet_supernet):
             m.alpha.zero_()
             m.beta.zero_()
     uniform_mean = float(np.mean(table.cost, axis=(1, 2)).sum())
-    assert float(expected_cost(mixed, table)) == pytest.approx(uniform_mean, rel=1e-5)
+    assert expected_cost(mixed, table).item() == pytest.approx(uniform_mean, rel=1e-5)
     budget = table.uniform(2, 2)
     fixed = repair_to_budget({n: (4, 4) for n in table.names}, table, budget)
     assert table.total(fixed) <= budget

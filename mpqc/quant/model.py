@@ -35,8 +35,12 @@ def _layers(model: nn.Module, input_shape):
     return describe_layers(model, tuple(input_shape), first_last_8bit=True)
 
 
-def quantizable_layers(model: nn.Module, input_shape) -> list[tuple[str, str | None]]:
-    """(name, None) for each searchable layer, (name, reason) for the others."""
+def quantizable_layers(model: nn.Module, input_shape=None) -> list[tuple[str, str | None]]:
+    """(name, None) for each searchable layer, (name, reason) for the others.
+    `input_shape` (C, H, W) may be left out for a model made by quantize_model."""
+    input_shape = input_shape or getattr(model, "mpqc_input_shape", None)
+    if input_shape is None:
+        raise ConfigError("quantizable_layers needs the input shape (C, H, W) of the model")
     return [(layer.name, None if layer.quantizable else layer.reason)
             for layer in _layers(model, input_shape)]
 

@@ -1,23 +1,26 @@
 """The search: fp32 start, EBS/BP-NAS supernet search, choice, fine-tune, evaluation.
 
 Weight steps (meta weights, BN, quantizer steps; train split) alternate with strength
-steps (alpha, beta; validation split), as both papers do. Every epoch of every phase is
-checkpointed; a rerun with the same arguments resumes from the last finished epoch.
+steps (alpha, beta; validation split), as both papers do. BP-NAS starts from strengths
+inside the budget (a barrier method needs an interior start). Every epoch of every phase
+is checkpointed; a rerun with the same arguments resumes from the last finished epoch.
+Under torchrun each process trains on its shard of the data (mpqc.search.distributed).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mpqc.errors import ConfigError, ModelError, first_line
-from mpqc.search.objective import (CostTable, barrier_penalty, expected_cost,
+from mpqc.search.distributed import World, loader, replicas_agree, replicate, set_epoch
+from mpqc.search.objective import (CostTable, barrier_penalty, expected_cost, feasible_start,
                                    prob1_regularizer, repair_to_budget)
 from mpqc.supernet import is_mixed, make_supernet
 
@@ -29,42 +32,56 @@ class SearchSettings:
     method: str = "bpnas"
     epochs: int = 2
     finetune_epochs: int = 1
-    fp32_epochs: int = 1
+    fp32_epochs: int = 2
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3             # search weights and fine-tuning (Adam)
+    fp32_lr: float = 1e-2        # fp32 training from scratch (Adam, cosine)
     strength_lr: float = 5e-2
     lam: float = 1.0             # EBS cost weight
-    mu: float = 0.05             # BP-NAS barrier weight
-    gamma_max: float = 0.5       # BP-NAS Prob-1 weight at the last epoch (annealed from 0)
+    mu: float = 0.01             # BP-NAS barrier weight
+    gamma_max: float = 0.05      # BP-NAS Prob-1 weight at the last step (annealed from 0)
     clip_k: float | None = 3.0   # scale-clip distribution reshaping (None: off)
     seed: int = 0
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
-
-def _loader(dataset, batch_size, shuffle, seed):
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g)
+    def key_fields(self) -> dict:
+        """What decides the result (a checkpoint is reused only when these agree)."""
+        return {k: v for k, v in self.__dict__.items() if k != "progress"}
 
 
 def _accuracy(model, dataset) -> float:
     from mpqc.evaluation import evaluate_accuracy
-    return evaluate_accuracy(model, dataset).accuracy
+    with torch.no_grad():
+        return evaluate_accuracy(model, dataset).accuracy
 
 
-def _train_epoch(model, loader, opt, desc, progress):
+def _hits(logits, labels) -> float:
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def _train_epoch(model, data, opt, desc, progress, lr: float, epoch: int, epochs: int):
+    """One epoch of plain training; the learning rate follows a cosine from `lr` to 0
+    over the phase, a function of the position only, so a resumed phase continues it."""
     model.train()
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress):
+    bar = tqdm(data, desc=desc, leave=False, disable=not progress)
+    total = max(epochs * len(data), 1)
+    for i, (images, labels) in enumerate(bar):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * len(data) + i) / total))
         opt.zero_grad()
-        F.cross_entropy(model(images), labels).backward()
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+        loss.backward()
         opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{_hits(logits, labels):.2%}")
 
 
 class Checkpoint:
-    """One file, rewritten atomically after every finished epoch."""
+    """One file, rewritten atomically after every finished epoch (by rank 0 only)."""
 
-    def __init__(self, path: Path, key: str):
-        self.path, self.key = path, key
+    def __init__(self, path: Path, key: str, writer: bool = True):
+        self.path, self.key, self.writer = path, key, writer
 
     def load(self) -> dict | None:
         if not self.path.exists():
@@ -80,6 +97,8 @@ class Checkpoint:
         return state
 
     def save(self, state: dict) -> None:
+        if not self.writer:
+            return
         tmp = self.path.with_name(self.path.name + ".tmp")
         torch.save({**state, "key": self.key}, tmp)
         tmp.replace(self.path)
@@ -109,84 +128,117 @@ def _quantized_from_supernet(model, supernet, config, input_shape):
     return qmodel
 
 
+def _search_epochs(supernet, mixed, train, val, table, budget, settings, state, ckpt, world):
+    """The alternating search; appends one trajectory entry per epoch to the state."""
+    strengths = [p for m in mixed.values() for p in (m.alpha, m.beta)]
+    weights = [p for n, p in supernet.named_parameters() if not n.endswith(("alpha", "beta"))]
+    w_opt = torch.optim.Adam(weights, lr=settings.lr)
+    s_opt = torch.optim.Adam(strengths, lr=settings.strength_lr)
+    if "optim" in state:
+        w_opt.load_state_dict(state["optim"]["weights"])
+        s_opt.load_state_dict(state["optim"]["strengths"])
+    net = replicate(supernet, world)
+    for epoch in range(state["epoch"], settings.epochs):
+        set_epoch((train, val), epoch)
+        supernet.train()
+        bar = tqdm(zip(train, val), total=min(len(train), len(val)),
+                   desc=f"search epoch {epoch + 1}/{settings.epochs}", leave=False,
+                   disable=not (settings.progress and world.main))
+        peak, hits, steps = 0.0, 0.0, 0
+        n_steps = min(len(train), len(val))
+        for i, ((xt, yt), (xv, yv)) in enumerate(bar):
+            # Prob-1 annealed from 0 at the first step to gamma_max at the last
+            gamma = settings.gamma_max * (epoch * n_steps + i + 1) / (settings.epochs * n_steps)
+            w_opt.zero_grad()
+            F.cross_entropy(net(xt), yt).backward()
+            w_opt.step()
+            s_opt.zero_grad()
+            logits = net(xv)
+            task = F.cross_entropy(logits, yv)
+            cost = expected_cost(mixed, table)
+            if settings.method == "ebs":
+                loss = task + settings.lam * cost / budget
+            else:
+                loss = task + barrier_penalty(cost, budget, settings.mu) \
+                    + gamma * prob1_regularizer(mixed)
+            loss.backward()
+            s_opt.step()
+            peak = max(peak, cost.item())
+            hits, steps = hits + _hits(logits, yv), steps + 1
+            bar.set_postfix(loss=f"{task.item():.3f}", acc=f"{hits / steps:.2%}",
+                            cost=f"{cost.item():.4g}/{budget:.4g} {table.unit}")
+        with torch.no_grad():
+            e_cost = float(expected_cost(mixed, table))
+            prob1 = float(prob1_regularizer(mixed))
+        state["history"].append({"epoch": epoch + 1, "expected_cost": e_cost,
+                                 "max_expected_cost": max(peak, e_cost), "prob1": prob1,
+                                 "val_accuracy": hits / max(steps, 1)})
+        state.update(epoch=epoch + 1, supernet_state=supernet.state_dict(),
+                     optim={"weights": w_opt.state_dict(), "strengths": s_opt.state_dict()})
+        ckpt.save(state)
+
+
 def run_search(model, splits, table: CostTable, budget: float, settings: SearchSettings,
                checkpoint_path: Path, uniform: tuple[int, int] | None = None,
-               pretrained: bool = False) -> dict:
+               pretrained: bool = False, world: World | None = None) -> dict:
     """Search (or train a uniform baseline) and fine-tune; returns the result dict."""
+    world = world or World()
     if settings.method not in METHODS:
         raise ConfigError(f"method {settings.method!r} is not one of {METHODS}")
     if table.minimum() > budget:
         raise ConfigError(f"budget {budget:.4g} {table.unit} is below the smallest achievable "
                           f"{table.minimum():.4g} {table.unit}; raise the budget")
     torch.manual_seed(settings.seed)
-    ckpt = Checkpoint(checkpoint_path, settings_key(settings.__dict__, budget, uniform,
-                                                    table.names, table.a_bits, table.w_bits))
+    ckpt = Checkpoint(checkpoint_path, settings_key(settings.key_fields(), budget, uniform,
+                                                    table.names, table.a_bits, table.w_bits,
+                                                    world.size), writer=world.main)
     state = ckpt.load() or {"phase": "fp32", "epoch": 0, "history": []}
     shape = splits.input_shape
-    train = _loader(splits.train, settings.batch_size, True, settings.seed)
-    val = _loader(splits.val, settings.batch_size, True, settings.seed + 1)
+    train = loader(splits.train, settings.batch_size, True, settings.seed, world)
+    val = loader(splits.val, settings.batch_size, True, settings.seed + 1, world)
+    progress = settings.progress and world.main
 
     # 1. fp32 start (skipped with pretrained weights)
     if "fp32_state" in state:
         model.load_state_dict(state["fp32_state"])
     if state["phase"] == "fp32":
-        opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-        for epoch in range(state["epoch"], 0 if pretrained else settings.fp32_epochs):
-            _train_epoch(model, train, opt, f"fp32 epoch {epoch + 1}", settings.progress)
-            state.update(epoch=epoch + 1, fp32_state=model.state_dict())
+        net = replicate(model, world)
+        opt = torch.optim.Adam(model.parameters(), lr=settings.fp32_lr)
+        if "optim" in state:
+            opt.load_state_dict(state["optim"])
+        epochs = 0 if pretrained else settings.fp32_epochs
+        for epoch in range(state["epoch"], epochs):
+            set_epoch((train,), epoch)
+            _train_epoch(net, train, opt, f"fp32 epoch {epoch + 1}", progress, settings.fp32_lr,
+                         epoch, epochs)
+            state.update(epoch=epoch + 1, fp32_state=model.state_dict(), optim=opt.state_dict())
             ckpt.save(state)
+        state.pop("optim", None)
         state.update(phase="search", epoch=0, fp32_state=model.state_dict(),
                      fp32_accuracy=_accuracy(model, splits.test))
         ckpt.save(state)
 
-    calib = next(iter(_loader(splits.train, 64, False, 0)))[0]
+    calib = next(iter(loader(splits.train, 64, False, 0, World())))[0]
     if uniform is None:
         supernet, report = make_supernet(model, table.w_bits, table.a_bits, shape, calib,
                                          clip_k=settings.clip_k)
         mixed = {n: m for n, m in supernet.named_modules() if is_mixed(m)}
         if "supernet_state" in state:
             supernet.load_state_dict(state["supernet_state"])
-        strengths = [p for m in mixed.values() for p in (m.alpha, m.beta)]
-        weights = [p for n, p in supernet.named_parameters()
-                   if not n.endswith(("alpha", "beta"))]
-        w_opt = torch.optim.Adam(weights, lr=settings.lr)
-        s_opt = torch.optim.Adam(strengths, lr=settings.strength_lr)
+        elif state["phase"] == "search":
+            state["start_expected_cost"] = (
+                feasible_start(mixed, table, budget) if settings.method == "bpnas"
+                else float(expected_cost(mixed, table)))
         if state["phase"] == "search":
-            for epoch in range(state["epoch"], settings.epochs):
-                gamma = settings.gamma_max * (epoch + 1) / settings.epochs
-                supernet.train()
-                bar = tqdm(zip(train, val), total=min(len(train), len(val)),
-                           desc=f"search epoch {epoch + 1}/{settings.epochs}", leave=False,
-                           disable=not settings.progress)
-                for (xt, yt), (xv, yv) in bar:
-                    w_opt.zero_grad()
-                    F.cross_entropy(supernet(xt), yt).backward()
-                    w_opt.step()
-                    s_opt.zero_grad()
-                    task = F.cross_entropy(supernet(xv), yv)
-                    cost = expected_cost(mixed, table)
-                    if settings.method == "ebs":
-                        loss = task + settings.lam * cost / budget
-                    else:
-                        loss = task + barrier_penalty(cost, budget, settings.mu) \
-                            + gamma * prob1_regularizer(mixed)
-                    loss.backward()
-                    s_opt.step()
-                    bar.set_postfix(loss=f"{task.item():.3f}",
-                                    cost=f"{cost.item():.4g}/{budget:.4g} {table.unit}")
-                with torch.no_grad():
-                    e_cost = float(expected_cost(mixed, table))
-                    prob1 = float(prob1_regularizer(mixed))
-                state["history"].append({"epoch": epoch + 1, "expected_cost": e_cost,
-                                         "prob1": prob1})
-                state.update(epoch=epoch + 1, supernet_state=supernet.state_dict())
-                ckpt.save(state)
+            _search_epochs(supernet, mixed, train, val, table, budget, settings, state, ckpt,
+                           world)
             argmax = {n: m.chosen() for n, m in mixed.items()}
             config = repair_to_budget(argmax, table, budget)
             qmodel = _quantized_from_supernet(model, supernet, config, shape)
             state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
                          argmax={n: list(v) for n, v in argmax.items()},
                          qat_state=qmodel.state_dict())
+            state.pop("optim", None)
             ckpt.save(state)
         fixed = [list(x) for x in report.fixed]
     else:
@@ -204,11 +256,18 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     config = {n: tuple(v) for n, v in state["config"].items()}
     qmodel = quantize_model(model.eval(), config, input_shape=shape)
     qmodel.load_state_dict(state["qat_state"])
+    net = replicate(qmodel, world)
     opt = torch.optim.Adam(qmodel.parameters(), lr=settings.lr)
+    if "optim" in state:
+        opt.load_state_dict(state["optim"])
     for epoch in range(state["epoch"], settings.finetune_epochs):
-        _train_epoch(qmodel, train, opt, f"fine-tune epoch {epoch + 1}", settings.progress)
-        state.update(epoch=epoch + 1, qat_state=qmodel.state_dict())
+        set_epoch((train,), epoch)
+        _train_epoch(net, train, opt, f"fine-tune epoch {epoch + 1}", progress, settings.lr,
+                     epoch, settings.finetune_epochs)
+        state.update(epoch=epoch + 1, qat_state=qmodel.state_dict(), optim=opt.state_dict())
         ckpt.save(state)
+    if not replicas_agree(qmodel, world):
+        raise ModelError("the data-parallel replicas ended with different weights")
     qmodel.eval()
     layers = [{"name": n, "a": a, "w": w,
                "cost": float(table.cost[i, table.a_bits.index(a), table.w_bits.index(w)])}
@@ -216,5 +275,6 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     return {"method": "uniform" if uniform else settings.method, "budget": budget,
             "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,
             "accuracy": _accuracy(qmodel, splits.test), "fp32_accuracy": state["fp32_accuracy"],
-            "trajectory": state["history"], "fixed_layers": fixed,
-            "argmax": state.get("argmax"), "model_q": qmodel}
+            "trajectory": state["history"], "start_expected_cost": state.get("start_expected_cost"),
+            "fixed_layers": fixed, "argmax": state.get("argmax"), "world_size": world.size,
+            "model_q": qmodel}

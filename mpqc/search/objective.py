@@ -45,8 +45,20 @@ def bitops_table(layers, a_bits, w_bits) -> CostTable:
 
 
 def latency_cost_table(model_file, layers, a_bits, w_bits, threads: int = 1) -> CostTable:
-    from mpqc.latency.table import latency_table
+    """The predicted-latency table of a fitted latency model (mpqc.latency, imported
+    only here: the search itself knows nothing of how the table was made)."""
+    try:
+        from mpqc.latency.table import latency_table
+    except ImportError as exc:
+        raise ConfigError(f"latency tables are not available in this installation "
+                          f"({exc}); use --cost bitops") from exc
     names, ms = latency_table(model_file, layers, a_bits, w_bits, threads)
+    ms = np.asarray(ms, dtype=float)
+    if ms.shape != (len(names), len(a_bits), len(w_bits)) or not np.isfinite(ms).all() \
+            or (ms <= 0).any():
+        raise ConfigError(f"latency model {model_file} gave an unusable table (shape "
+                          f"{ms.shape}, expected {(len(names), len(a_bits), len(w_bits))}, "
+                          "positive finite entries)")
     return CostTable(tuple(names), tuple(a_bits), tuple(w_bits), ms, "ms")
 
 
@@ -102,3 +114,35 @@ def repair_to_budget(config: dict, table: CostTable, budget: float) -> dict:
 def _lower(bits: tuple[int, ...], b: int):
     smaller = [x for x in bits if x < b]
     return max(smaller) if smaller else None
+
+
+def feasible_start(mixed_layers: dict, table: CostTable, budget: float,
+                   target: float = 0.85) -> float:
+    """Tilt the strengths towards cheap candidates until E[T] <= target * budget.
+
+    A barrier method needs an interior starting point (BP-NAS searches inside the
+    feasible domain); uniform strengths average the whole table and can lie outside a
+    tight budget. Logits become -tau * (the candidate's mean cost in the layer,
+    relative to the layer's largest), tau found by bisection; nothing changes when the
+    uniform start is already inside. Returns the E[T] the search starts from."""
+    layers = [(mixed_layers[n], table.cost[i] / max(float(table.cost[i].max()), 1e-30))
+              for i, n in enumerate(table.names)]
+
+    def tilt(tau: float) -> float:
+        with torch.no_grad():
+            for layer, cost in layers:
+                layer.beta.copy_(torch.as_tensor(-tau * cost.mean(axis=1), dtype=layer.beta.dtype))
+                layer.alpha.copy_(torch.as_tensor(-tau * cost.mean(axis=0), dtype=layer.alpha.dtype))
+            return float(expected_cost(mixed_layers, table))
+
+    goal = target * budget
+    start = tilt(0.0)
+    if start <= goal:
+        return start
+    lo, hi = 0.0, 1.0
+    while tilt(hi) > goal and hi < 1e4:
+        lo, hi = hi, hi * 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if tilt(mid) <= goal else (mid, hi)
+    return tilt(hi)

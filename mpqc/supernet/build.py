@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mpqc.errors import ModelError
+from mpqc.errors import ConfigError, ModelError
 from mpqc.quant.layers import QuantConv2d, QuantLinear, init_act_step
 from mpqc.quant.model import _capture_inputs, _set_module, install_shared_input_hooks
+from mpqc.schedules.spec import check_bits
 from mpqc.supernet.mixed import MixedConv2d, MixedLinear
 
 
@@ -20,12 +21,18 @@ class SupernetReport:
     fixed: tuple[tuple[str, str], ...]     # (name, why it stays at fixed bits / float)
 
 
-def make_supernet(model: nn.Module, weight_bits, act_bits, input_shape,
+def make_supernet(model: nn.Module, weight_bits, act_bits, input_shape=None,
                   calib: torch.Tensor | None = None, first_last_bits: int = 8,
                   clip_k: float | None = None) -> tuple[nn.Module, SupernetReport]:
     """(supernet, report). The first conv and last linear become 8-bit QuantConv2d /
-    QuantLinear; layers the kernels cannot run stay float and are reported."""
+    QuantLinear; layers the kernels cannot run stay float and are reported.
+    `input_shape` (C, H, W) defaults to that of the calibration batch."""
     from mpqc.models import describe_layers
+    if input_shape is None:
+        if calib is None:
+            raise ConfigError("make_supernet needs the input shape or a calibration batch")
+        input_shape = tuple(calib.shape[1:])
+    check_bits(first_last_bits, first_last_bits, "first/last layers")
     layers = describe_layers(model, tuple(input_shape), first_last_8bit=True)
     searchable = [l.name for l in layers if l.quantizable]
     if not searchable:
@@ -58,4 +65,5 @@ def make_supernet(model: nn.Module, weight_bits, act_bits, input_shape,
             continue
         _set_module(net, layer.name, new)
     install_shared_input_hooks(net, input_shape)
+    net.mpqc_input_shape = tuple(input_shape)
     return net, SupernetReport(tuple(searchable), tuple(fixed))
