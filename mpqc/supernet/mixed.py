@@ -23,40 +23,51 @@ class MixedQuant(torch.autograd.Function):
 
     Composed from autograd ops, every candidate would keep its own tensor-sized
     intermediates, and a step's memory would grow with the number of candidates; here the
-    backward recomputes them one candidate at a time. `grids` holds one (lo, hi, bipolar)
-    per candidate: codes clamp(round(t / s), lo, hi), or sign(t) for the 1-bit bipolar
-    weight code. Gradients are those of mpqc.quant.layers' fake_quant_act and
-    fake_quant_weight (LSQ: straight-through inside the clamp range, step gradients
-    scaled by `grad_scales`), tested against them.
+    backward recomputes them one candidate at a time, in place in two scratch tensors
+    (fresh tensor-sized allocations cost more than the arithmetic on CPU). `grids` holds
+    one (lo, hi, bipolar) per candidate: codes clamp(round(t / s), lo, hi), or sign(t)
+    for the 1-bit bipolar weight code. Gradients are those of mpqc.quant.layers'
+    fake_quant_act and fake_quant_weight (LSQ: straight-through inside the clamp range,
+    step gradients scaled by `grad_scales`), tested against them.
     """
 
     @staticmethod
-    def _codes(t, step, grid):
+    def _codes_into(out, t, step: float, grid):
+        """Codes of t for one candidate, written into `out`; returns it."""
         lo, hi, bipolar = grid
-        v = t / step
-        r = torch.where(t >= 0, 1.0, -1.0).to(t.dtype) if bipolar else torch.clamp(torch.round(v), lo, hi)
-        return v, r
+        if bipolar:   # +1 where t >= 0, else -1 (comparison written as 0/1 floats)
+            return torch.ge(t, 0, out=out).mul_(2).sub_(1)
+        return torch.div(t, step, out=out).round_().clamp_(lo, hi)
 
     @staticmethod
     def forward(ctx, t, steps, probs, grids, grad_scales):
         ctx.save_for_backward(t, steps, probs)
         ctx.grids, ctx.grad_scales = grids, grad_scales
-        out = torch.zeros_like(t)
+        out, codes = torch.zeros_like(t), torch.empty_like(t)
         for i, grid in enumerate(grids):
-            out += probs[i] * (MixedQuant._codes(t, steps[i], grid)[1] * steps[i])
+            s = float(steps[i])
+            out.add_(MixedQuant._codes_into(codes, t, s, grid), alpha=float(probs[i]) * s)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         t, steps, probs = ctx.saved_tensors
-        gt, gs, gp = torch.zeros_like(t), torch.zeros_like(steps), torch.zeros_like(probs)
+        through = torch.zeros_like(t)            # sum_b p_b [candidate b passes gradient]
+        v, codes, inside = torch.empty_like(t), torch.empty_like(t), torch.empty_like(t)
+        flat = grad.reshape(-1)
+        gs, gp = torch.zeros_like(steps), torch.zeros_like(probs)
         for i, grid in enumerate(ctx.grids):
-            v, r = MixedQuant._codes(t, steps[i], grid)
-            inside = (v >= grid[0]) & (v <= grid[1])
-            gp[i] = (grad * r * steps[i]).sum()
-            gt += probs[i] * grad * inside
-            gs[i] = probs[i] * (grad * torch.where(inside, r - v, r)).sum() * ctx.grad_scales[i]
-        return gt, gs, gp, None, None
+            lo, hi, _ = grid
+            s, p = float(steps[i]), float(probs[i])
+            torch.div(t, s, out=v)
+            torch.eq(torch.clamp(v, lo, hi, out=codes), v, out=inside)   # 1.0 inside lo..hi
+            dot = torch.dot(flat, MixedQuant._codes_into(codes, t, s, grid).reshape(-1))
+            through.add_(inside, alpha=p)
+            ste = torch.dot(flat, v.mul_(inside).reshape(-1))   # sum(grad * v) inside
+            gp[i] = dot * s
+            # LSQ: d/ds of s*clamp(round(t/s)) is codes - v inside the range, codes outside
+            gs[i] = p * (dot - ste) * ctx.grad_scales[i]
+        return through.mul_(grad), gs, gp, None, None
 
 
 class _Mixed:
