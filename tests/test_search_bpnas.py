@@ -179,3 +179,22 @@ def test_latency_cost_without_a_model_and_bad_numbers_are_refused(tmp_path):
     assert out.exit_code == 2 and "A,W" in out.output
     out = run(*base, "--budget-ratio", "0.5", "--uniform", "2,9")
     assert out.exit_code == 2 and "outside 1..8" in out.output
+
+
+def test_a_uniform_baseline_trains_as_many_steps_as_the_search(tiny_mnist, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("democnn")
+    table = _table(model, tiny_mnist.input_shape)
+    steps = []
+    real_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
+    settings = SearchSettings(**{**SETTINGS, "epochs": 2, "finetune_epochs": 0})
+    result = run_search(model, tiny_mnist, table, table.uniform(4, 4), settings,
+                        tmp_path / "u.ckpt", uniform=(2, 2), pretrained=True)
+    # 2 epochs x min(512, 256) / 64 batches of weight steps, no search, no fine-tuning
+    assert len(steps) == 2 * 4
+    assert result["method"] == "uniform" and result["predicted"] == table.uniform(2, 2)
+    assert {(l["a"], l["w"]) for l in result["layers"]} == {(2, 2)}
+    trained = result["model_q"].conv3.weight
+    assert not torch.equal(trained, model.conv3.weight)

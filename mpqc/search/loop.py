@@ -178,6 +178,33 @@ def _search_epochs(supernet, mixed, train, val, table, budget, settings, state, 
         ckpt.save(state)
 
 
+def _uniform_epochs(model, pair, calib, train, val, table, settings, state, ckpt, world):
+    """The baseline's counterpart of the search: as many QAT steps, on the same train
+    batches and learning rate, as the search gives the supernet's weights."""
+    from mpqc.quant.model import quantize_model
+    config = {n: tuple(pair) for n in table.names}
+    qmodel = quantize_model(model.eval(), config, calib=calib)
+    state["config"] = {n: list(v) for n, v in config.items()}
+    if "qat_state" in state:
+        qmodel.load_state_dict(state["qat_state"])
+    opt = torch.optim.Adam(qmodel.parameters(), lr=settings.lr)
+    if "optim" in state:
+        opt.load_state_dict(state["optim"])
+    net = replicate(qmodel, world)
+    for epoch in range(state["epoch"], settings.epochs):
+        set_epoch((train, val), epoch)
+        qmodel.train()
+        for (images, labels), _ in tqdm(zip(train, val), total=min(len(train), len(val)),
+                                        desc=f"uniform {pair} epoch {epoch + 1}", leave=False,
+                                        disable=not (settings.progress and world.main)):
+            opt.zero_grad()
+            F.cross_entropy(net(images), labels).backward()
+            opt.step()
+        state.update(epoch=epoch + 1, qat_state=qmodel.state_dict(), optim=opt.state_dict())
+        ckpt.save(state)
+    state["qat_state"] = qmodel.state_dict()
+
+
 def run_search(model, splits, table: CostTable, budget: float, settings: SearchSettings,
                checkpoint_path: Path, uniform: tuple[int, int] | None = None,
                pretrained: bool = False, world: World | None = None) -> dict:
@@ -243,11 +270,9 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
         fixed = [list(x) for x in report.fixed]
     else:
         if state["phase"] == "search":
-            from mpqc.quant.model import quantize_model
-            config = {n: tuple(uniform) for n in table.names}
-            qmodel = quantize_model(model.eval(), config, calib=calib)
-            state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
-                         qat_state=qmodel.state_dict())
+            _uniform_epochs(model, uniform, calib, train, val, table, settings, state, ckpt, world)
+            state.pop("optim", None)
+            state.update(phase="finetune", epoch=0)
             ckpt.save(state)
         fixed = []
 
