@@ -60,23 +60,18 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
     """
     import torch
 
-    from mpqc.data import load_dataset, subset as take
-    from mpqc.models import build_model, describe_layers, load_weights
-    from mpqc.quant.model import save_quantized
     from mpqc.search.distributed import join_world
-    from mpqc.search.loop import SearchSettings, run_search
-    from mpqc.search.objective import bitops_table, latency_cost_table
-    from mpqc.latency.space import parse_bits
-    from mpqc.targets import load_target
+    from mpqc.search.driver import SearchRequest, candidate_bits, search_to_files
+    from mpqc.search.loop import SearchSettings
 
     if (budget_ms is None) == (budget_ratio is None):
         raise click.UsageError("give exactly one of --budget-ms and --budget-ratio")
-    target = load_target(target_name)
     cost = cost or ("latency" if latency_model else "bitops")
     if cost == "latency" and not latency_model:
         raise click.UsageError("--cost latency needs --latency-model (make one with "
                                "`mpqc measure` and `mpqc fit`), or use --cost bitops")
-    candidates = parse_bits(bits)
+    if budget_ratio is not None and budget_ratio <= 0:
+        raise click.BadParameter("must be positive", param_hint="--budget-ratio")
     uniform_pair = None
     if uniform:
         try:
@@ -84,62 +79,29 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
             assert len(uniform_pair) == 2
         except (ValueError, AssertionError):
             raise click.BadParameter(f"{uniform!r} is not A,W", param_hint="--uniform") from None
-        candidates = tuple(sorted(set(candidates) | set(uniform_pair)))
-        parse_bits(",".join(map(str, candidates)))
-    world = join_world()
-    if world.distributed:  # the processes share the machine's cores
-        torch.set_num_threads(max(1, torch.get_num_threads() // world.size))
-    splits = load_dataset(data_spec)
-    if subset:
-        splits = type(splits)(**{**splits.__dict__, "train": take(splits.train, subset, seed),
-                                 "val": take(splits.val, max(subset // 5, 64), seed),
-                                 "test": take(splits.test, max(subset // 5, 256), seed)})
-    model = build_model(model_spec, num_classes=splits.num_classes)
-    if weights:
-        load_weights(model, weights)
-    layers = describe_layers(model, splits.input_shape)
-    table = (latency_cost_table(latency_model, layers, candidates, candidates, threads)
-             if cost == "latency" else bitops_table(layers, candidates, candidates))
-    if budget_ratio is not None:
-        if budget_ratio <= 0:
-            raise click.BadParameter("must be positive", param_hint="--budget-ratio")
-        budget_ms = budget_ratio * table.uniform(max(candidates), max(candidates))
     for name, value in (("--lam", lam), ("--mu", mu), ("--gamma", gamma_max),
                         ("--clip-k", clip_k), ("--epochs", epochs),
                         ("--finetune-epochs", finetune_epochs), ("--fp32-epochs", fp32_epochs)):
         if value < 0:
             raise click.BadParameter("must not be negative", param_hint=name)
+    request = SearchRequest(model=model_spec, data=data_spec, out=Path(out_path), weights=weights,
+                            target=target_name, cost=cost, latency_model=latency_model,
+                            budget_ms=budget_ms, budget_ratio=budget_ratio, bits=bits,
+                            uniform=uniform_pair, subset=subset, threads=threads)
+    candidate_bits(request)  # bits outside 1..8 fail before any data is read
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
                               fp32_epochs=fp32_epochs, batch_size=batch_size, lam=lam, mu=mu,
                               gamma_max=gamma_max, clip_k=clip_k or None, seed=seed,
                               progress=not quiet)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    result = run_search(model, splits, table, budget_ms, settings,
-                        out.with_name(out.name + ".ckpt"), uniform_pair, pretrained=bool(weights),
-                        world=world)
-    qmodel = result.pop("model_q")
-    if not world.main:
+    world = join_world()
+    if world.distributed:  # the processes share the machine's cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // world.size))
+    report = search_to_files(request, settings, world)
+    if report is None:
         return
-    checkpoint = save_quantized(qmodel, out.with_suffix(".pt"),
-                                {"model": model_spec, "num_classes": splits.num_classes,
-                                 "input_shape": list(splits.input_shape)})
-    report = {"budget_ms": result["budget"], "predicted_ms": result["predicted"],
-              "cost_unit": result["cost_unit"], "method": result["method"],
-              "target": target.name, "model": model_spec, "data": data_spec,
-              "layers": [{"name": l["name"], "a": l["a"], "w": l["w"], "predicted_ms": l["cost"]}
-                         for l in result["layers"]],
-              "accuracy": result["accuracy"], "fp32_accuracy": result["fp32_accuracy"],
-              "trajectory": result["trajectory"],
-              "start_expected_cost": result["start_expected_cost"],
-              "fixed_layers": result["fixed_layers"], "world_size": result["world_size"],
-              "checkpoint": str(checkpoint)}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(out)
     click.echo(f"{report['method']}: predicted {report['predicted_ms']:.4g} {report['cost_unit']} "
                f"(budget {report['budget_ms']:.4g}), accuracy {report['accuracy']:.2%} "
-               f"(fp32 {report['fp32_accuracy']:.2%}); wrote {out} and {checkpoint}")
+               f"(fp32 {report['fp32_accuracy']:.2%}); wrote {out_path} and {report['checkpoint']}")
 
 
 @click.command("sweep")

@@ -207,9 +207,14 @@ def _uniform_epochs(model, pair, calib, train, val, table, settings, state, ckpt
 
 def run_search(model, splits, table: CostTable, budget: float, settings: SearchSettings,
                checkpoint_path: Path, uniform: tuple[int, int] | None = None,
-               pretrained: bool = False, world: World | None = None) -> dict:
-    """Search (or train a uniform baseline) and fine-tune; returns the result dict."""
+               pretrained: bool = False, world: World | None = None,
+               until: str = "finetune") -> dict:
+    """Search (or train a uniform baseline) and fine-tune; returns the result dict.
+    until="search" returns once the configuration is chosen and checkpointed (no
+    `accuracy`, no `model_q`); a later call with until="finetune" goes on from there."""
     world = world or World()
+    if until not in ("search", "finetune"):
+        raise ConfigError(f"until={until!r}: 'search' or 'finetune'")
     if settings.method not in METHODS:
         raise ConfigError(f"method {settings.method!r} is not one of {METHODS}")
     if table.minimum() > budget:
@@ -276,9 +281,20 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
             ckpt.save(state)
         fixed = []
 
+    config = {n: tuple(v) for n, v in state["config"].items()}
+    layers = [{"name": n, "a": a, "w": w,
+               "cost": float(table.cost[i, table.a_bits.index(a), table.w_bits.index(w)])}
+              for i, (n, (a, w)) in enumerate((n, config[n]) for n in table.names)]
+    result = {"method": "uniform" if uniform else settings.method, "budget": budget,
+              "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,
+              "fp32_accuracy": state["fp32_accuracy"], "trajectory": state["history"],
+              "start_expected_cost": state.get("start_expected_cost"), "fixed_layers": fixed,
+              "argmax": state.get("argmax"), "world_size": world.size}
+    if until == "search":
+        return result
+
     # 3. fine-tune the chosen configuration (plain QAT) and evaluate it
     from mpqc.quant.model import quantize_model
-    config = {n: tuple(v) for n, v in state["config"].items()}
     qmodel = quantize_model(model.eval(), config, input_shape=shape)
     qmodel.load_state_dict(state["qat_state"])
     net = replicate(qmodel, world)
@@ -294,12 +310,4 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     if not replicas_agree(qmodel, world):
         raise ModelError("the data-parallel replicas ended with different weights")
     qmodel.eval()
-    layers = [{"name": n, "a": a, "w": w,
-               "cost": float(table.cost[i, table.a_bits.index(a), table.w_bits.index(w)])}
-              for i, (n, (a, w)) in enumerate((n, config[n]) for n in table.names)]
-    return {"method": "uniform" if uniform else settings.method, "budget": budget,
-            "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,
-            "accuracy": _accuracy(qmodel, splits.test), "fp32_accuracy": state["fp32_accuracy"],
-            "trajectory": state["history"], "start_expected_cost": state.get("start_expected_cost"),
-            "fixed_layers": fixed, "argmax": state.get("argmax"), "world_size": world.size,
-            "model_q": qmodel}
+    return {**result, "accuracy": _accuracy(qmodel, splits.test), "model_q": qmodel}

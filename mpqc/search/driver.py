@@ -1,0 +1,132 @@
+"""One search run from names and paths to files: data, model, cost table, budget, the
+search loop, the fine-tuned checkpoint and the result JSON. `mpqc search` and the
+pipeline's search and finetune steps both call `search_to_files`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mpqc.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    model: str
+    data: str
+    out: Path                          # result JSON; .ckpt and .pt go beside it
+    weights: str | None = None
+    target: str = "host"
+    cost: str | None = None            # "latency" | "bitops" (default: latency with a model)
+    latency_model: str | None = None
+    budget_ms: float | None = None
+    budget_ratio: float | None = None
+    bits: str = "1,2,3,4"
+    uniform: tuple[int, int] | None = None
+    subset: int | None = None
+    threads: int = 1
+
+
+def checkpoint_path(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt")
+
+
+def fp32_weights_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".fp32.pt")
+
+
+def _splits(data: str, subset: int | None, seed: int):
+    from mpqc.data import load_dataset, subset as take
+    splits = load_dataset(data)
+    if subset:
+        splits = type(splits)(**{**splits.__dict__, "train": take(splits.train, subset, seed),
+                                 "val": take(splits.val, max(subset // 5, 64), seed),
+                                 "test": take(splits.test, max(subset // 5, 256), seed)})
+    return splits
+
+
+def candidate_bits(request: SearchRequest) -> tuple[int, ...]:
+    from mpqc.latency.space import parse_bits
+    candidates = parse_bits(request.bits)
+    if request.uniform:
+        candidates = parse_bits(",".join(map(str, sorted(set(candidates) | set(request.uniform)))))
+    return candidates
+
+
+def cost_table(request: SearchRequest, layers, candidates):
+    from mpqc.search.objective import bitops_table, latency_cost_table
+    cost = request.cost or ("latency" if request.latency_model else "bitops")
+    if cost == "latency":
+        if not request.latency_model:
+            raise ConfigError("a latency cost needs a latency model (make one with `mpqc "
+                              "measure` and `mpqc fit`), or use the bitops cost")
+        return latency_cost_table(request.latency_model, layers, candidates, candidates,
+                                  request.threads)
+    return bitops_table(layers, candidates, candidates)
+
+
+def resolve_budget(request: SearchRequest, table, candidates) -> float:
+    if (request.budget_ms is None) == (request.budget_ratio is None):
+        raise ConfigError("give exactly one of a budget (ms) and a budget ratio")
+    if request.budget_ratio is not None:
+        if request.budget_ratio <= 0:
+            raise ConfigError(f"budget ratio {request.budget_ratio} must be positive")
+        return request.budget_ratio * table.uniform(max(candidates), max(candidates))
+    return request.budget_ms
+
+
+def search_to_files(request: SearchRequest, settings, world=None,
+                    until: str = "finetune") -> dict | None:
+    """Run (or resume) the search; with until="search" stop once the configuration is
+    chosen (the checkpoint then holds everything the fine-tune needs). Writes request.out
+    (and the fine-tuned checkpoint, .pt, after the fine-tune); returns the report, or None
+    on a non-main rank of a distributed run."""
+    from mpqc.models import build_model, describe_layers, load_weights
+    from mpqc.quant.model import save_quantized
+    from mpqc.search.loop import run_search
+    from mpqc.targets import load_target
+
+    target = load_target(request.target)
+    candidates = candidate_bits(request)
+    splits = _splits(request.data, request.subset, settings.seed)
+    model = build_model(request.model, num_classes=splits.num_classes)
+    if request.weights:
+        load_weights(model, request.weights)
+    table = cost_table(request, describe_layers(model, splits.input_shape), candidates)
+    budget = resolve_budget(request, table, candidates)
+    out = Path(request.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = run_search(model, splits, table, budget, settings, checkpoint_path(out),
+                        request.uniform, pretrained=bool(request.weights), world=world,
+                        until=until)
+    qmodel = result.pop("model_q", None)
+    if world is not None and not world.main:
+        return None
+    if not request.weights:  # the fp32 start the search trained: baselines can reuse it
+        import torch
+        torch.save(model.state_dict(), fp32_weights_path(out))
+    report = {"budget_ms": result["budget"], "predicted_ms": result["predicted"],
+              "cost_unit": result["cost_unit"], "method": result["method"],
+              "target": target.name, "model": request.model, "data": request.data,
+              "layers": [{"name": l["name"], "a": l["a"], "w": l["w"], "predicted_ms": l["cost"]}
+                         for l in result["layers"]],
+              "accuracy": result.get("accuracy"), "fp32_accuracy": result["fp32_accuracy"],
+              "trajectory": result["trajectory"],
+              "start_expected_cost": result["start_expected_cost"],
+              "fixed_layers": result["fixed_layers"], "world_size": result["world_size"],
+              "finetuned": qmodel is not None,
+              "fp32_weights": request.weights or str(fp32_weights_path(out))}
+    if qmodel is not None:
+        report["checkpoint"] = str(save_quantized(
+            qmodel, out.with_suffix(".pt"),
+            {"model": request.model, "num_classes": splits.num_classes,
+             "input_shape": list(splits.input_shape)}))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+    return report
+
+
+def with_out(request: SearchRequest, out: Path) -> SearchRequest:
+    return replace(request, out=Path(out))
