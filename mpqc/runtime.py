@@ -89,6 +89,42 @@ class Library:
             return time_tvm(self._vm.module, "invoke_stateful", self._dev, ["main"],
                             repeats=repeats)
 
+    def profile(self, repeats: int = 30, threads: int | None = None) -> dict[str, float]:
+        """{called function: median ms per run} over `repeats` runs of one batch, from
+        the VM's instrument hook around every call (kernels, fused glue, allocations).
+        The hook adds about a microsecond per call; use time() for the network's total."""
+        import time as clock
+
+        import tvm
+        from mpqc.bench.timing import pinned_threads
+        if self.remote:
+            raise DeviceError("profiling over RPC is not supported; profile on the device")
+        per_run: dict[str, float] = {}
+        started: dict[str, float] = {}
+
+        def instrument(func, name, before_run, ret_value, *args):
+            now = clock.perf_counter()
+            if before_run:
+                started[name] = now
+            else:
+                per_run[name] = per_run.get(name, 0.0) + now - started.pop(name, now)
+            return 0  # VMInstrumentReturnKind.NO_OP
+
+        x = tvm.runtime.tensor(np.zeros((self.batch, *self.input_shape), np.float32), self._dev)
+        samples: dict[str, list[float]] = {}
+        with pinned_threads(threads or 1):
+            self._vm["main"](x)  # warm-up
+            self._vm.set_instrument(instrument)
+            try:
+                for _ in range(max(repeats, 1)):
+                    per_run.clear()
+                    self._vm["main"](x)
+                    for name, seconds in per_run.items():
+                        samples.setdefault(name, []).append(seconds * 1e3)
+            finally:
+                self._vm.set_instrument(None)
+        return {name: float(np.median(v)) for name, v in samples.items()}
+
 
 def _manifest(path: Path) -> dict:
     from mpqc.build.compile import read_manifest

@@ -5,7 +5,7 @@ pipeline's search and finetune steps both call `search_to_files`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from mpqc.errors import ConfigError
@@ -26,10 +26,12 @@ class SearchRequest:
     uniform: tuple[int, int] | None = None
     subset: int | None = None
     threads: int = 1
+    checkpoint: Path | None = None     # default: the result JSON's name + .ckpt
 
 
-def checkpoint_path(out: Path) -> Path:
-    return out.with_name(out.name + ".ckpt")
+def checkpoint_path(request: SearchRequest) -> Path:
+    out = Path(request.out)
+    return Path(request.checkpoint) if request.checkpoint else out.with_name(out.name + ".ckpt")
 
 
 def fp32_weights_path(out: Path) -> Path:
@@ -97,7 +99,7 @@ def search_to_files(request: SearchRequest, settings, world=None,
     budget = resolve_budget(request, table, candidates)
     out = Path(request.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = run_search(model, splits, table, budget, settings, checkpoint_path(out),
+    result = run_search(model, splits, table, budget, settings, checkpoint_path(request),
                         request.uniform, pretrained=bool(request.weights), world=world,
                         until=until)
     qmodel = result.pop("model_q", None)
@@ -126,7 +128,3 @@ def search_to_files(request: SearchRequest, settings, world=None,
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(out)
     return report
-
-
-def with_out(request: SearchRequest, out: Path) -> SearchRequest:
-    return replace(request, out=Path(out))

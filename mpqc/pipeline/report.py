@@ -1,0 +1,154 @@
+"""The pipeline's last step: summary.json (the figures a user or a script checks),
+report.md and its plots (Pareto front, bits per layer, latency per layer)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mpqc.pipeline.config import PipelineConfig, Workspace
+
+
+def _read(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def layer_latencies(search: dict, bench: dict) -> list[dict]:
+    """Per searched layer: the latency the search counted (the latency table: measured
+    kernels, predictions where none was measured) and the time of the layer's kernels
+    (bit-packing + convolution) inside the library, from the benchmark's profile."""
+    profile = bench.get("profile") or {}
+    rows = []
+    for entry in search["layers"]:
+        safe = entry["name"].replace(".", "_")
+        parts = [profile.get(f"bitpack_{safe}"), profile.get(f"conv_{safe}")]
+        rows.append({"name": entry["name"], "a": entry["a"], "w": entry["w"],
+                     "predicted_ms": entry["predicted_ms"],
+                     "measured_ms": sum(parts) if None not in parts else None})
+    return rows
+
+
+def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
+    finetune, search = _read(ws.finetune), _read(ws.search)
+    verify, bench = _read(ws.verify), _read(ws.bench)
+    manifest = _read(ws.manifest(cfg.model))
+    measured = bench.get("mpqc_ms")
+    budget = finetune["budget_ms"]
+    failures = []
+    if not verify["exact"]:
+        failures.append(f"verification not exact: first differing op {verify['first_mismatch']}")
+    if measured is None:
+        failures.append("library latency not measured: " + bench.get("reason", "no timing"))
+    elif measured > budget:
+        failures.append(f"measured {measured:.4f} ms exceeds the budget {budget:.4f} ms")
+
+    def ratio(peer):
+        return bench[peer] / measured if measured and bench.get(peer) else None
+
+    return {
+        "ok": not failures, "failures": failures,
+        "model": cfg.model, "data": cfg.data, "target": manifest["target"]["name"],
+        "threads": cfg.threads, "method": finetune["method"],
+        "verified_exact": bool(verify["exact"]), "max_abs_diff": verify["max_abs_diff"],
+        "measured_ms": measured, "predicted_ms": finetune["predicted_ms"], "budget_ms": budget,
+        "within_budget": measured is not None and measured <= budget,
+        "accuracy": finetune["accuracy"], "fp32_accuracy": finetune["fp32_accuracy"],
+        "torch_fp32_ms": bench.get("torch_fp32_ms"), "ort_fp32_ms": bench.get("ort_fp32_ms"),
+        "ort_int8_ms": bench.get("ort_int8_ms"),
+        "speedup_vs_torch_fp32": ratio("torch_fp32_ms"),
+        "speedup_vs_ort_int8": ratio("ort_int8_ms"),
+        "so_path": str(ws.library(cfg.model).resolve()),
+        "manifest_path": str(ws.manifest(cfg.model).resolve()),
+        "layers": [{"name": l["name"], "a": l["a"], "w": l["w"]} for l in finetune["layers"]],
+        "search_trajectory": search["trajectory"],
+    }
+
+
+def _plots(cfg, ws, summary, points, per_layer) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mpqc.search.plot import plot_pareto
+
+    plot_pareto(points, "ms", str(ws.path("pareto.png")), f"{cfg.model}: searched vs uniform")
+    names = [l["name"] for l in per_layer]
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(names)), 3.6))
+    ax.bar([i - 0.2 for i in x], [l["a"] for l in per_layer], 0.4, label="activation bits")
+    ax.bar([i + 0.2 for i in x], [l["w"] for l in per_layer], 0.4, label="weight bits")
+    ax.set_xticks(list(x), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("bits")
+    ax.set_title("bits per layer")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(ws.path("bits.png"), dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(names)), 3.6))
+    ax.bar([i - 0.2 for i in x], [l["predicted_ms"] for l in per_layer], 0.4,
+           label="predicted (search's table)")
+    ax.bar([i + 0.2 for i in x], [l["measured_ms"] or 0 for l in per_layer], 0.4,
+           label="measured in the library")
+    ax.set_xticks(list(x), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("ms")
+    ax.set_title("latency per layer at its bits")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(ws.path("latency.png"), dpi=120)
+    plt.close(fig)
+    return ["pareto.png", "bits.png", "latency.png"]
+
+
+def _fmt(value, spec=".4f", none="-"):
+    return none if value is None else format(value, spec)
+
+
+def _markdown(cfg, summary, per_layer, points, plots) -> str:
+    s = summary
+    lines = [f"# mpqc pipeline: {cfg.model} on {cfg.data}, target {s['target']}", "",
+             "**" + ("OK" if s["ok"] else "FAILED: " + "; ".join(s["failures"])) + "**", "",
+             "| | |", "|---|---|",
+             f"| verification | {'exact' if s['verified_exact'] else 'NOT exact'} "
+             f"(logits max abs diff {s['max_abs_diff']:.3g}) |",
+             f"| accuracy | {s['accuracy']:.2%} quantized, {s['fp32_accuracy']:.2%} fp32 |",
+             f"| latency | measured {_fmt(s['measured_ms'])} ms, predicted "
+             f"{s['predicted_ms']:.4f} ms, budget {s['budget_ms']:.4f} ms |",
+             f"| peers ({s['threads']} thread(s), same run) | torch fp32 "
+             f"{_fmt(s['torch_fp32_ms'])} ms, onnxruntime fp32 {_fmt(s['ort_fp32_ms'])} ms, "
+             f"onnxruntime int8 {_fmt(s['ort_int8_ms'])} ms |",
+             f"| speedup | {_fmt(s['speedup_vs_torch_fp32'], '.2f')}x vs torch fp32, "
+             f"{_fmt(s['speedup_vs_ort_int8'], '.2f')}x vs onnxruntime int8 |",
+             f"| library | `{s['so_path']}` |", f"| manifest | `{s['manifest_path']}` |", "",
+             "## Layers", "",
+             "| layer | a | w | predicted ms | measured in the library ms |", "|---|---|---|---|---|"]
+    lines += [f"| {l['name']} | {l['a']} | {l['w']} | {l['predicted_ms']:.4f} | "
+              f"{_fmt(l['measured_ms'])} |" for l in per_layer]
+    kernels = sum(l["measured_ms"] or 0 for l in per_layer)
+    lines += ["", "Predicted: what the search counted for the layer (its kernels measured by "
+              "the measure step, or the latency model's prediction). Measured: the layer's "
+              "bit-packing and convolution inside the library (VM call profile, median of "
+              "the benchmark's repeats; about 1 us of hook per call)."
+              + (f" The rest of the library (8-bit first/last layers, pooling, glue, VM) took "
+                 f"{s['measured_ms'] - kernels:.4f} ms." if s["measured_ms"] else ""), "",
+              "## Accuracy against predicted latency", "",
+              "| run | predicted ms | accuracy |", "|---|---|---|"]
+    lines += [f"| {p['label']} | {p['predicted']:.4f} | {p['accuracy']:.2%} |" for p in points]
+    lines += [""] + [f"![{p[:-4]}]({p})" for p in plots] + [""]
+    return "\n".join(lines)
+
+
+def write_report(cfg: PipelineConfig, ws: Workspace) -> dict:
+    summary = summarize(cfg, ws)
+    finetune = _read(ws.finetune)
+    per_layer = layer_latencies(finetune, _read(ws.bench))
+    points = [{"label": f"searched ({finetune['method']})", "kind": "searched",
+               "predicted": finetune["predicted_ms"], "accuracy": finetune["accuracy"]}]
+    points += _read(ws.baselines)["points"]
+    summary["pareto"] = points
+    summary["layer_latency"] = per_layer
+    plots = _plots(cfg, ws, summary, points, per_layer)
+    tmp = ws.summary.with_name(ws.summary.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(ws.summary)
+    ws.report.write_text(_markdown(cfg, summary, per_layer, points, plots))
+    return summary

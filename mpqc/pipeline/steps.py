@@ -1,0 +1,286 @@
+"""The pipeline's steps, in order (docs/ARCHITECTURE.md): import, measure, fit, search,
+finetune, baselines, lower, build, verify, bench, report. Each reads the artifacts of
+earlier steps from the workdir and writes its own there.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from mpqc.errors import ConfigError, DeviceError
+from mpqc.pipeline.config import PipelineConfig, Workspace
+from mpqc.pipeline.runner import Step
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _target(cfg):
+    from mpqc.targets import load_target
+    return load_target(cfg.target)
+
+
+def _device(cfg):
+    """The RPC device of --rpc-tracker/--rpc-key, or None for this machine."""
+    if cfg.rpc_tracker is None:
+        if cfg.rpc_key is not None:
+            raise ConfigError("--rpc-key needs --rpc-tracker HOST:PORT")
+        return None
+    from mpqc.remote import RpcDevice
+    key = cfg.rpc_key or _target(cfg).rpc_key
+    if not key:
+        raise ConfigError(f"target {cfg.target} names no RPC key; pass --rpc-key")
+    return RpcDevice.parse(cfg.rpc_tracker, key)
+
+
+def _layers(ws: Workspace):
+    from mpqc.models import layers_from_json
+    return layers_from_json(_read_json(ws.layers)["layers"])
+
+
+def candidate_bits(cfg) -> tuple[int, ...]:
+    from mpqc.latency.space import parse_bits
+    bits = set(parse_bits(cfg.bits))
+    for pair in cfg.baselines or ():
+        bits |= set(pair)
+    return parse_bits(",".join(map(str, sorted(bits))))
+
+
+def baseline_pairs(cfg) -> list[tuple[int, int]]:
+    if cfg.baselines is not None:
+        return [tuple(p) for p in cfg.baselines]
+    bits = candidate_bits(cfg)
+    return sorted({(min(bits), min(bits)), (max(bits), max(bits))})
+
+
+# --- import -------------------------------------------------------------------------
+def run_import(cfg, ws):
+    from mpqc.importer import import_model
+    imported = import_model(cfg.model, weights=cfg.weights, input_shape=cfg.input_shape)
+    imported.write(ws.layers)
+    layers = imported.layers
+    return {"layers": len(layers), "quantizable": sum(l.quantizable for l in layers),
+            "input_shape": list(imported.input_shape),
+            "kept_8bit": [[l.name, l.reason] for l in layers if not l.quantizable]}
+
+
+# --- measure ------------------------------------------------------------------------
+def run_measure(cfg, ws):
+    from tqdm import tqdm
+
+    from mpqc.latency.measure import pending_jobs, run_measurements
+    from mpqc.latency.space import model_jobs, random_jobs
+
+    target, bits = _target(cfg), candidate_bits(cfg)
+    jobs = model_jobs(_layers(ws), bits, bits)
+    if cfg.random_shapes:
+        jobs += random_jobs(cfg.random_shapes, cfg.seed, bits, bits)
+    _, already = pending_jobs(jobs, ws.latency_db, target, cfg.threads)
+    bar = tqdm(total=len(jobs), initial=already, unit="kernel", file=sys.stderr,
+               desc=f"measure {target.name}", disable=not cfg.progress)
+    try:
+        summary = run_measurements(jobs, ws.latency_db, target, threads=cfg.threads,
+                                   repeats=cfg.repeats, device=_device(cfg),
+                                   tuning_log=cfg.tuning_log, progress=lambda r: bar.update(1))
+    finally:
+        bar.close()
+    if summary.failed:
+        first = summary.failed[0]
+        raise DeviceError(f"{len(summary.failed)} of {len(jobs)} kernels failed on "
+                          f"{target.name} (first: {first.shape.key} a{first.a_bits}"
+                          f"w{first.w_bits}: {first.error}); the {summary.measured} measured "
+                          f"are kept in {ws.latency_db}: rerun the pipeline to retry")
+    return {"kernels": len(jobs), "measured": summary.measured, "already": summary.skipped}
+
+
+# --- fit ----------------------------------------------------------------------------
+def run_fit(cfg, ws):
+    from mpqc.latency.predictor import fit_latency_model
+    from mpqc.latency.records import read_db
+    model = fit_latency_model(read_db(ws.latency_db), _target(cfg), 0.2, cfg.seed)
+    model.save(ws.latency_model)
+    keys = ("n_records", "n_heldout", "heldout_within_10pct", "heldout_mape")
+    return {k: model.metrics[k] for k in keys}
+
+
+def _model_files(ws):
+    base = ws.latency_model
+    return [base, base.with_suffix(".conv.ubj"), base.with_suffix(".pack.ubj")]
+
+
+# --- search, finetune, baselines ----------------------------------------------------
+def _settings(cfg):
+    from mpqc.search.loop import SearchSettings
+    return SearchSettings(method=cfg.method, epochs=cfg.epochs,
+                          finetune_epochs=cfg.finetune_epochs, fp32_epochs=cfg.fp32_epochs,
+                          batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
+
+
+def _request(cfg, ws, out, **extra):
+    from mpqc.search.driver import SearchRequest
+    fields = dict(model=cfg.model, data=cfg.data, out=out, weights=cfg.weights,
+                  target=cfg.target, cost="latency", latency_model=str(ws.latency_model),
+                  budget_ms=cfg.budget_ms, budget_ratio=cfg.budget_ratio, bits=cfg.bits,
+                  subset=cfg.subset, threads=cfg.threads, checkpoint=ws.search_checkpoint)
+    fields.update(extra)
+    return SearchRequest(**fields)
+
+
+def run_search(cfg, ws):
+    from mpqc.search.driver import search_to_files
+    report = search_to_files(_request(cfg, ws, ws.search), _settings(cfg), until="search")
+    return {"predicted_ms": report["predicted_ms"], "budget_ms": report["budget_ms"],
+            "fp32_accuracy": report["fp32_accuracy"]}
+
+
+def run_finetune(cfg, ws):
+    from mpqc.search.driver import search_to_files
+    report = search_to_files(_request(cfg, ws, ws.finetune), _settings(cfg))
+    # the fp32 weights are the search step's artifact; the copy this run wrote is not
+    ws.path("finetune.fp32.pt").unlink(missing_ok=True)
+    return {"accuracy": report["accuracy"], "predicted_ms": report["predicted_ms"]}
+
+
+def run_baselines(cfg, ws):
+    """Uniform configurations trained with the search's schedule from the same fp32
+    start: the other points of the Pareto plot."""
+    from mpqc.search.driver import search_to_files
+    budget = _read_json(ws.search)["budget_ms"]
+    weights = cfg.weights or str(ws.fp32_weights)
+    points = []
+    for a, w in baseline_pairs(cfg):
+        out = ws.path(f"baseline-{a}x{w}.json")
+        request = _request(cfg, ws, out, uniform=(a, w), weights=weights, budget_ms=budget,
+                           budget_ratio=None, checkpoint=out.with_name(out.name + ".ckpt"))
+        report = search_to_files(request, _settings(cfg))
+        points.append({"label": f"uniform {a}x{w}", "kind": "uniform", "a": a, "w": w,
+                       "predicted": report["predicted_ms"], "accuracy": report["accuracy"]})
+    _write_json(ws.baselines, {"points": points})
+    return {"baselines": [[p["label"], p["accuracy"]] for p in points]}
+
+
+# --- lower, build, verify, bench --------------------------------------------------------
+def _network_spec(cfg, ws):
+    from mpqc.build.network import NetworkSpec
+    return NetworkSpec(model=cfg.model, weights=cfg.weights, checkpoint=str(ws.quantized),
+                       data=cfg.data, input_shape=tuple(cfg.input_shape or ()))
+
+
+def run_lower(cfg, ws):
+    from mpqc.build.network import build_quantized_model
+    from mpqc.lower import lower
+    model, shape = build_quantized_model(_network_spec(cfg, ws))
+    lowered = lower(model, shape, _target(cfg), tuning_log=cfg.tuning_log)
+    ws.relax.write_text(lowered.module.script(show_meta=False))
+    layers = [{"name": l.name, "kind": l.kind, "a": l.a_bits, "w": l.w_bits, "impl": l.impl}
+              for l in lowered.program.layers]
+    _write_json(ws.lowering, {"input_shape": list(lowered.program.input_shape),
+                              "output_shape": list(lowered.program.output_shape),
+                              "layers": layers})
+    return {"ops": len(layers), "bit_serial": sum("bitserial" in l["impl"] for l in layers)}
+
+
+def run_build(cfg, ws):
+    from mpqc.build.compile import compile_library
+    search = _read_json(ws.finetune)
+    result = compile_library(_network_spec(cfg, ws), _target(cfg), ws.library(cfg.model),
+                             tuning_log=cfg.tuning_log, predicted_ms=search["predicted_ms"],
+                             budget_ms=search["budget_ms"])
+    return {"library": str(result.library), "sha256": result.manifest["sha256"],
+            "compile_seconds": round(result.seconds, 1)}
+
+
+def run_verify(cfg, ws):
+    from mpqc.build.verify import verify_library
+    result = verify_library(ws.library(cfg.model), count=cfg.verify_images,
+                            device=_device(cfg))
+    _write_json(ws.verify, result.to_json())
+    return {"exact": result.exact, "max_abs_diff": result.max_abs_diff,
+            "first_mismatch": result.first_mismatch}
+
+
+def run_bench(cfg, ws):
+    from mpqc.build.bench import bench_library
+    from mpqc.targets import runs_on_host
+    if cfg.rpc_tracker or not runs_on_host(_target(cfg)):
+        result = {"measured": False, "reason": f"the library is for {cfg.target}, not this "
+                  "machine; time it on the board (boards behind RPC may be emulated)"}
+    else:
+        from mpqc import runtime
+        result = {"measured": True, **bench_library(ws.library(cfg.model), peers=True,
+                                                    threads=cfg.threads,
+                                                    repeats=cfg.bench_repeats)}
+        result["profile"] = runtime.load(ws.library(cfg.model)).profile(cfg.bench_repeats,
+                                                                        cfg.threads)
+    _write_json(ws.bench, result)
+    return {k: result.get(k) for k in ("measured", "mpqc_ms", "ort_int8_ms", "torch_fp32_ms")}
+
+
+def run_report(cfg, ws):
+    from mpqc.pipeline.report import write_report
+    summary = write_report(cfg, ws)
+    return {"ok": summary["ok"], "failures": summary["failures"]}
+
+
+# --- the list ---------------------------------------------------------------------------
+_SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
+                   "method", "bits", "baselines", "epochs", "finetune_epochs", "fp32_epochs",
+                   "subset", "batch_size", "seed", "threads")
+
+
+def _user_files(cfg):
+    return [cfg.weights] if cfg.weights else []
+
+
+def _lib(cfg, ws):
+    return [ws.library(cfg.model), ws.manifest(cfg.model)]
+
+
+STEPS: list[Step] = [
+    Step("import", "read the model, list its layers (layers.json)", run_import,
+         lambda c, w: [w.layers], lambda c, w: [], ("model", "weights", "input_shape"),
+         files=_user_files),
+    Step("measure", "time every layer at every bit pair on the target (latency.jsonl)",
+         run_measure, lambda c, w: [w.latency_db], lambda c, w: [w.layers],
+         ("target", "bits", "baselines", "threads", "repeats", "random_shapes", "seed",
+          "tuning_log", "rpc_tracker", "rpc_key")),
+    Step("fit", "fit the latency model (latency_model.json)", run_fit,
+         lambda c, w: _model_files(w), lambda c, w: [w.latency_db], ("target", "seed")),
+    Step("search", "train the supernet and choose the bits (search.json)", run_search,
+         lambda c, w: [w.search] + ([] if c.weights else [w.fp32_weights]), lambda c, w: [w.layers, *_model_files(w)], _SEARCH_OPTIONS,
+         scratch=lambda c, w: [w.search_checkpoint], files=_user_files),
+    Step("finetune", "fine-tune the chosen configuration (finetune.pt, finetune.json)",
+         run_finetune, lambda c, w: [w.finetune, w.quantized], lambda c, w: [w.search],
+         _SEARCH_OPTIONS),
+    Step("baselines", "train uniform baselines for the Pareto plot (baselines.json)",
+         run_baselines, lambda c, w: [w.baselines],
+         lambda c, w: [w.search] + ([] if c.weights else [w.fp32_weights]), _SEARCH_OPTIONS,
+         scratch=lambda c, w: [w.path(f"baseline-{a}x{b}.json.ckpt")
+                               for a, b in baseline_pairs(c)]),
+    Step("lower", "lower to Relax (network.relax.py, lowering.json)", run_lower,
+         lambda c, w: [w.relax, w.lowering], lambda c, w: [w.quantized],
+         ("model", "weights", "data", "input_shape", "target", "tuning_log")),
+    Step("build", "compile the library (.so and its manifest)", run_build, _lib,
+         lambda c, w: [w.quantized, w.finetune, w.lowering],
+         ("model", "weights", "data", "input_shape", "target", "tuning_log")),
+    Step("verify", "check the library against the integer PyTorch model (verify.json)",
+         run_verify, lambda c, w: [w.verify], lambda c, w: _lib(c, w),
+         ("verify_images", "rpc_tracker", "rpc_key")),
+    Step("bench", "time the library and torch / onnxruntime peers (bench.json)", run_bench,
+         lambda c, w: [w.bench], lambda c, w: _lib(c, w),
+         ("threads", "bench_repeats", "rpc_tracker", "target")),
+    Step("report", "summary.json, report.md and plots", run_report,
+         lambda c, w: [w.summary, w.report],
+         lambda c, w: [w.layers, w.latency_db, *_model_files(w), w.search, w.finetune,
+                       w.baselines, w.verify, w.bench, *_lib(c, w)], ()),
+]
+
+STEP_NAMES = tuple(s.name for s in STEPS)

@@ -1,0 +1,160 @@
+"""`mpqc pipeline` on tiny data: end to end, resumed after kill -9 in measure and in
+search (finished steps not redone, database intact), and bad input through the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mpqc.cli import main
+from mpqc.latency.records import read_db
+from mpqc.pipeline import STEP_NAMES
+
+TINY = ["--model", "democnn", "--data", "mnist", "--subset", "512", "--bits", "1,2",
+        "--epochs", "2", "--finetune-epochs", "1", "--fp32-epochs", "1",
+        "--random-shapes", "6", "--repeats", "3", "--budget-ratio", "0.6", "--quiet"]
+SUMMARY_KEYS = {"verified_exact", "measured_ms", "predicted_ms", "budget_ms", "accuracy",
+                "fp32_accuracy", "ort_int8_ms", "so_path"}
+
+
+def _cmd(workdir, *extra):
+    return [str(Path(sys.executable).parent / "mpqc"), "pipeline", *TINY, "--workdir",
+            str(workdir), *extra]
+
+
+def _kill_when(proc, ready, timeout=300):
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the pipeline finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _stamp(workdir, step):
+    path = Path(workdir) / "steps" / f"{step}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _db_lines(workdir):
+    db = Path(workdir) / "latency.jsonl"
+    return len(db.read_text().splitlines()) if db.is_file() else 0
+
+
+def test_killed_in_measure_resumes_with_an_intact_database(tmp_path):
+    work = tmp_path / "w"
+    proc = subprocess.Popen(_cmd(work, "--until-step", "fit"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _kill_when(proc, lambda: _db_lines(work) >= 3)
+    assert _stamp(work, "import") and _stamp(work, "measure") is None
+    kept = {r.key for r in read_db(work / "latency.jsonl") if r.ok}
+    assert len(kept) >= 2
+    imported = _stamp(work, "import")["finished"]
+
+    done = subprocess.run(_cmd(work, "--until-step", "fit"), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped (up to date)" in done.stderr.split("[2/3]")[0]     # import not redone
+    assert _stamp(work, "import")["finished"] == imported
+    facts = _stamp(work, "measure")["facts"]
+    assert facts["already"] >= len(kept) and facts["measured"] == facts["kernels"] - facts["already"]
+    records = read_db(work / "latency.jsonl")
+    keys = [r.key for r in records if r.ok]
+    assert len(keys) == len(set(keys)) == facts["kernels"]          # nothing twice, nothing lost
+    assert kept <= set(keys)
+    assert _stamp(work, "fit") and _stamp(work, "search") is None    # --until-step fit
+
+
+def test_killed_in_search_resumes_and_ends_with_a_verified_library(tmp_path):
+    work = tmp_path / "w"
+    proc = subprocess.Popen(_cmd(work), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the search checkpoints after every epoch: kill once the first one is on disk
+    _kill_when(proc, lambda: (work / "search.ckpt").is_file())
+    assert _stamp(work, "fit") and _stamp(work, "search") is None
+    before = {s: _stamp(work, s)["finished"] for s in ("import", "measure", "fit")}
+    db_before = (work / "latency.jsonl").read_bytes()
+
+    done = subprocess.run(_cmd(work), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for step, finished in before.items():
+        assert _stamp(work, step)["finished"] == finished, f"{step} was redone"
+    assert (work / "latency.jsonl").read_bytes() == db_before
+    assert done.stderr.count("skipped (up to date)") == 3
+    for step in STEP_NAMES:
+        assert _stamp(work, step), f"step {step} has no stamp"
+
+    summary = json.loads((work / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["verified_exact"] is True and summary["ok"] is True
+    assert summary["measured_ms"] > 0 and summary["ort_int8_ms"] > 0
+    assert summary["predicted_ms"] <= summary["budget_ms"]
+    assert Path(summary["so_path"]).is_file() and Path(summary["manifest_path"]).is_file()
+    assert 0 <= summary["accuracy"] <= 1 and summary["fp32_accuracy"] > 0.1
+    assert [p["kind"] for p in summary["pareto"]] == ["searched", "uniform", "uniform"]
+    assert all(l["measured_ms"] > 0 for l in summary["layer_latency"])
+    for name in ("report.md", "pareto.png", "bits.png", "latency.png"):
+        assert (work / name).stat().st_size > 0
+    assert "exact" in (work / "report.md").read_text()
+    assert "verified  exact" in done.stdout
+
+    # everything is up to date now; a changed budget redoes the search and what follows
+    again = subprocess.run(_cmd(work, "--until-step", "search"), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0 and again.stderr.count("skipped (up to date)") == 4
+    moved = subprocess.run([*_cmd(work, "--until-step", "search")[:-2], "--budget-ratio", "0.5",
+                            "--until-step", "search"], capture_output=True, text=True,
+                           timeout=600)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert moved.stderr.count("skipped (up to date)") == 3
+    assert json.loads((work / "search.json").read_text())["budget_ms"] == pytest.approx(
+        summary["budget_ms"] * 0.5 / 0.6)
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["pipeline", *args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--model", "nosuchpkg.mod:fn"], "nosuchpkg"),
+    (["--target", "no-such-cpu"], "no-such-cpu"),
+    (["--data", "cifar10:/nonexistent/cifar"], "/nonexistent/cifar"),
+    (["--bits", "1,9"], "9"),
+    (["--budget-ratio", "-1"], "must be positive"),
+    (["--from-step", "verify", "--until-step", "measure"], "comes after"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, change, message):
+    args = [*TINY, "--workdir", str(tmp_path / "w")]
+    for flag, value in zip(change[::2], change[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    out = _run(*args)
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+    assert len([l for l in out.output.strip().splitlines() if l.strip()]) == 1, out.output
+    assert not (tmp_path / "w" / "steps").exists()     # nothing ran
+
+
+def test_corrupt_weights_and_an_impossible_budget(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint" * 10)
+    out = _run(*TINY, "--weights", str(bad), "--workdir", str(tmp_path / "w"))
+    assert out.exit_code == 2 and "bad.pt" in out.output
+    assert len(out.output.strip().splitlines()) == 1
+
+    args = list(TINY)
+    i = args.index("--budget-ratio")
+    args[i:i + 2] = ["--budget-ms", "1e-6"]
+    out = CliRunner().invoke(main, ["pipeline", *args, "--random-shapes", "2",
+                                                    "--workdir", str(tmp_path / "w2")])
+    assert out.exit_code == 2
+    assert "below the smallest achievable" in out.stderr
+    # what was measured and fitted is kept for the next attempt
+    assert (tmp_path / "w2" / "steps" / "fit.json").is_file()
+    assert read_db(tmp_path / "w2" / "latency.jsonl")
