@@ -198,3 +198,24 @@ def test_a_uniform_baseline_trains_as_many_steps_as_the_search(tiny_mnist, tmp_p
     assert {(l["a"], l["w"]) for l in result["layers"]} == {(2, 2)}
     trained = result["model_q"].conv3.weight
     assert not torch.equal(trained, model.conv3.weight)
+
+
+def test_a_strength_step_never_carries_the_expected_cost_across_the_budget(tiny_mnist, tmp_path,
+                                                                          monkeypatch):
+    # a weak barrier and large steps: Adam's normalised steps jump over the barrier
+    # unless the step is backtracked
+    settings = SearchSettings(**{**SETTINGS, "epochs": 2, "finetune_epochs": 0, "mu": 1e-4,
+                                 "strength_lr": 1.0})
+
+    def peak(path):
+        torch.manual_seed(0)
+        model = build_model("democnn")
+        table = _table(model, tiny_mnist.input_shape)
+        budget = 0.3 * table.uniform(4, 4)
+        result = run_search(model, tiny_mnist, table, budget, settings, path, until="search")
+        return max(e["max_expected_cost"] for e in result["trajectory"]) / budget
+
+    assert peak(tmp_path / "a.ckpt") <= 1.0
+    import mpqc.search.loop as loop
+    monkeypatch.setattr(loop, "_stay_inside", lambda *args, **kwargs: None)
+    assert peak(tmp_path / "b.ckpt") > 1.0      # what the backtracking prevents

@@ -13,12 +13,10 @@ def test_search_under_torchrun_with_two_processes(tmp_path):
     import torch.distributed as dist
     if not dist.is_gloo_available():
         pytest.skip("this torch has no gloo backend")
-    script = tmp_path / "mpqc_main.py"
-    script.write_text("from mpqc.cli import main\nmain()\n")
     out = tmp_path / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), "search", "--model", "democnn", "--data", "mnist", "--subset", "256",
+           "-m", "mpqc", "search", "--model", "democnn", "--data", "mnist", "--subset", "256",
            "--budget-ratio", "0.3", "--epochs", "1", "--fp32-epochs", "1",
            "--finetune-epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

@@ -162,7 +162,10 @@ def _search_epochs(supernet, mixed, train, val, table, budget, settings, state, 
                 loss = task + barrier_penalty(cost, budget, settings.mu) \
                     + gamma * prob1_regularizer(mixed)
             loss.backward()
+            before = [p.detach().clone() for p in strengths]
             s_opt.step()
+            if settings.method == "bpnas" and cost.item() <= budget:
+                _stay_inside(strengths, before, mixed, table, budget)
             peak = max(peak, cost.item())
             hits, steps = hits + _hits(logits, yv), steps + 1
             bar.set_postfix(loss=f"{task.item():.3f}", acc=f"{hits / steps:.2%}",
@@ -176,6 +179,25 @@ def _search_epochs(supernet, mixed, train, val, table, budget, settings, state, 
         state.update(epoch=epoch + 1, supernet_state=supernet.state_dict(),
                      optim={"weights": w_opt.state_dict(), "strengths": s_opt.state_dict()})
         ckpt.save(state)
+
+
+def _stay_inside(strengths, before, mixed, table, budget, halvings: int = 8) -> None:
+    """Backtracking of an interior-point method: a strength step that would carry E[T]
+    from inside the budget across it is halved until it stays inside (or undone). Adam's
+    normalised steps can jump over a barrier however steep it is."""
+    with torch.no_grad():
+        if float(expected_cost(mixed, table)) <= budget:
+            return
+        after = [p.detach().clone() for p in strengths]
+        scale = 1.0
+        for _ in range(halvings):
+            scale /= 2
+            for p, b, a in zip(strengths, before, after):
+                p.copy_(b + scale * (a - b))
+            if float(expected_cost(mixed, table)) <= budget:
+                return
+        for p, b in zip(strengths, before):
+            p.copy_(b)
 
 
 def _uniform_epochs(model, pair, calib, train, val, table, settings, state, ckpt, world):
