@@ -140,6 +140,8 @@ def _print_summary(s: dict, ws) -> None:
     click.echo(f"verified  {'exact' if s['verified_exact'] else 'NOT exact'}")
     click.echo(f"library   {s['so_path']}\nmanifest  {s['manifest_path']}")
     click.echo(f"report    {ws.report}")
+    for warning in s.get("warnings", []):
+        click.echo(f"WARNING: {warning}", err=True)
     if not s["ok"]:
         for failure in s["failures"]:
             click.echo(f"FAILED: {failure}", err=True)

@@ -19,6 +19,7 @@ from mpqc.latency.records import LayerShape, read_db
 from mpqc.latency.space import Job
 from mpqc.remote import RpcDevice
 from mpqc.targets import load_target
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -26,52 +27,6 @@ JOBS = [Job(LayerShape("conv2d", 8, 8, 16, 16, 3, 1, 1), 1, 1),
         Job(LayerShape("conv2d", 8, 8, 16, 16, 3, 1, 1), 2, 2),
         Job(LayerShape("conv2d", 8, 8, 32, 16, 1, 2, 0), 2, 1),
         Job(LayerShape("dense", 1, 1, 64, 10), 1, 2)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-@pytest.fixture
-def rpc_farm():
-    """A TVM tracker and two RPC servers under one key, all bound to 127.0.0.1."""
-    tracker_port = free_port()
-    env = {**os.environ, "TVM_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([PY, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                               "--port", str(tracker_port), "--port-end", str(tracker_port + 1)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    wait_port(tracker_port)
-    server_ports = []
-    for _ in range(2):
-        port = free_port()
-        server_ports.append(port)
-        procs.append(subprocess.Popen(
-            [PY, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-             "--port-end", str(port + 1), "--tracker", f"127.0.0.1:{tracker_port}",
-             "--key", "farm-test"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    device = RpcDevice("127.0.0.1", tracker_port, "farm-test")
-    end = time.time() + 60
-    while measure_mod.free_devices(device) < 2:
-        if time.time() > end:
-            raise RuntimeError("the two RPC servers did not register")
-        time.sleep(0.5)
-    yield device, server_ports
-    for p in procs:
-        p.kill()
-        p.wait()
 
 
 def test_local_measurement_records_everything(tmp_path):

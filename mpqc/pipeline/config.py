@@ -54,6 +54,7 @@ class Workspace:
 
     layers = property(lambda self: self.root / "layers.json")
     latency_db = property(lambda self: self.root / "latency.jsonl")
+    glue = property(lambda self: self.root / "glue.json")
     latency_model = property(lambda self: self.root / "latency_model.json")
     search = property(lambda self: self.root / "search.json")
     search_checkpoint = property(lambda self: self.root / "search.ckpt")

@@ -29,15 +29,16 @@ def layer_latencies(search: dict, bench: dict) -> list[dict]:
 
 def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
     finetune, search = _read(ws.finetune), _read(ws.search)
+    glue = _read(ws.glue)
     verify, bench = _read(ws.verify), _read(ws.bench)
     manifest = _read(ws.manifest(cfg.model))
     measured = bench.get("mpqc_ms")
     budget = finetune["budget_ms"]
-    failures = []
+    failures, warnings = [], []
     if not verify["exact"]:
         failures.append(f"verification not exact: first differing op {verify['first_mismatch']}")
-    if measured is None:
-        failures.append("library latency not measured: " + bench.get("reason", "no timing"))
+    if measured is None:   # not a miss: the budget could not be checked here
+        warnings.append("library latency not measured: " + bench.get("reason", "no timing"))
     elif measured > budget:
         failures.append(f"measured {measured:.4f} ms exceeds the budget {budget:.4f} ms")
 
@@ -45,12 +46,13 @@ def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
         return bench[peer] / measured if measured and bench.get(peer) else None
 
     return {
-        "ok": not failures, "failures": failures,
+        "ok": not failures, "failures": failures, "warnings": warnings,
         "model": cfg.model, "data": cfg.data, "target": manifest["target"]["name"],
         "threads": cfg.threads, "method": finetune["method"],
         "verified_exact": bool(verify["exact"]), "max_abs_diff": verify["max_abs_diff"],
         "measured_ms": measured, "predicted_ms": finetune["predicted_ms"], "budget_ms": budget,
-        "within_budget": measured is not None and measured <= budget,
+        "predicted_glue_ms": glue["glue_ms"], "glue_measured": glue["measured"],
+        "within_budget": None if measured is None else measured <= budget,
         "accuracy": finetune["accuracy"], "fp32_accuracy": finetune["fp32_accuracy"],
         "torch_fp32_ms": bench.get("torch_fp32_ms"), "ort_fp32_ms": bench.get("ort_fp32_ms"),
         "ort_int8_ms": bench.get("ort_int8_ms"),
@@ -106,7 +108,8 @@ def _fmt(value, spec=".4f", none="-"):
 def _markdown(cfg, summary, per_layer, points, plots) -> str:
     s = summary
     lines = [f"# mpqc pipeline: {cfg.model} on {cfg.data}, target {s['target']}", "",
-             "**" + ("OK" if s["ok"] else "FAILED: " + "; ".join(s["failures"])) + "**", "",
+             "**" + ("OK" if s["ok"] else "FAILED: " + "; ".join(s["failures"])) + "**"
+             + "".join(f"  \nWarning: {w}" for w in s["warnings"]), "",
              "| | |", "|---|---|",
              f"| verification | {'exact' if s['verified_exact'] else 'NOT exact'} "
              f"(logits max abs diff {s['max_abs_diff']:.3g}) |",
@@ -129,7 +132,9 @@ def _markdown(cfg, summary, per_layer, points, plots) -> str:
               "bit-packing and convolution inside the library (VM call profile, median of "
               "the benchmark's repeats; about 1 us of hook per call)."
               + (f" The rest of the library (8-bit first/last layers, pooling, glue, VM) took "
-                 f"{s['measured_ms'] - kernels:.4f} ms." if s["measured_ms"] else ""), "",
+                 f"{s['measured_ms'] - kernels:.4f} ms; the prediction counted "
+                 f"{s['predicted_glue_ms']:.4f} ms for it (measured at uniform bits, "
+                 "glue.json)." if s["measured_ms"] else ""), "",
               "## Accuracy against predicted latency", "",
               "| run | predicted ms | accuracy |", "|---|---|---|"]
     lines += [f"| {p['label']} | {p['predicted']:.4f} | {p['accuracy']:.2%} |" for p in points]

@@ -98,7 +98,28 @@ def run_measure(cfg, ws):
                           f"{target.name} (first: {first.shape.key} a{first.a_bits}"
                           f"w{first.w_bits}: {first.error}); the {summary.measured} measured "
                           f"are kept in {ws.latency_db}: rerun the pipeline to retry")
-    return {"kernels": len(jobs), "measured": summary.measured, "already": summary.skipped}
+    glue = _measure_glue(cfg, ws, target, bits)
+    return {"kernels": len(jobs), "measured": summary.measured, "already": summary.skipped,
+            "glue_ms": glue["glue_ms"]}
+
+
+def _measure_glue(cfg, ws, target, bits) -> dict:
+    """glue.json: what the network costs besides its bit-serial layers (timed here, so
+    only for a target this machine runs; a board's glue is left at 0 and said so)."""
+    from mpqc.latency.glue import measure_glue
+    from mpqc.targets import runs_on_host
+    if cfg.rpc_tracker or not runs_on_host(target):
+        glue = {"glue_ms": 0.0, "measured": False,
+                "reason": f"{target.name} does not run on this machine: the network latency "
+                          "the search uses is its bit-serial layers only"}
+    else:
+        imported = _read_json(ws.layers)
+        glue = {**measure_glue(cfg.model, _layers(ws), imported["input_shape"], target,
+                               cfg.threads, max(cfg.repeats, 10),
+                               pairs=((min(bits),) * 2, (max(bits),) * 2)).to_json(),
+                "measured": True}
+    _write_json(ws.glue, glue)
+    return glue
 
 
 # --- fit ----------------------------------------------------------------------------
@@ -129,7 +150,8 @@ def _request(cfg, ws, out, **extra):
     fields = dict(model=cfg.model, data=cfg.data, out=out, weights=cfg.weights,
                   target=cfg.target, cost="latency", latency_model=str(ws.latency_model),
                   budget_ms=cfg.budget_ms, budget_ratio=cfg.budget_ratio, bits=cfg.bits,
-                  subset=cfg.subset, threads=cfg.threads, checkpoint=ws.search_checkpoint)
+                  subset=cfg.subset, threads=cfg.threads, checkpoint=ws.search_checkpoint,
+                  glue_ms=float(_read_json(ws.glue)["glue_ms"]))
     fields.update(extra)
     return SearchRequest(**fields)
 
@@ -249,13 +271,14 @@ STEPS: list[Step] = [
          lambda c, w: [w.layers], lambda c, w: [], ("model", "weights", "input_shape"),
          files=_user_files),
     Step("measure", "time every layer at every bit pair on the target (latency.jsonl)",
-         run_measure, lambda c, w: [w.latency_db], lambda c, w: [w.layers],
+         run_measure, lambda c, w: [w.latency_db, w.glue], lambda c, w: [w.layers],
          ("target", "bits", "baselines", "threads", "repeats", "random_shapes", "seed",
           "tuning_log", "rpc_tracker", "rpc_key")),
     Step("fit", "fit the latency model (latency_model.json)", run_fit,
          lambda c, w: _model_files(w), lambda c, w: [w.latency_db], ("target", "seed")),
     Step("search", "train the supernet and choose the bits (search.json)", run_search,
-         lambda c, w: [w.search] + ([] if c.weights else [w.fp32_weights]), lambda c, w: [w.layers, *_model_files(w)], _SEARCH_OPTIONS,
+         lambda c, w: [w.search] + ([] if c.weights else [w.fp32_weights]),
+         lambda c, w: [w.layers, w.glue, *_model_files(w)], _SEARCH_OPTIONS,
          scratch=lambda c, w: [w.search_checkpoint], files=_user_files),
     Step("finetune", "fine-tune the chosen configuration (finetune.pt, finetune.json)",
          run_finetune, lambda c, w: [w.finetune, w.quantized], lambda c, w: [w.search],
@@ -279,7 +302,7 @@ STEPS: list[Step] = [
          ("threads", "bench_repeats", "rpc_tracker", "target")),
     Step("report", "summary.json, report.md and plots", run_report,
          lambda c, w: [w.summary, w.report],
-         lambda c, w: [w.layers, w.latency_db, *_model_files(w), w.search, w.finetune,
+         lambda c, w: [w.layers, w.latency_db, w.glue, *_model_files(w), w.search, w.finetune,
                        w.baselines, w.verify, w.bench, *_lib(c, w)], ()),
 ]
 

@@ -27,6 +27,7 @@ class SearchRequest:
     subset: int | None = None
     threads: int = 1
     checkpoint: Path | None = None     # default: the result JSON's name + .ckpt
+    glue_ms: float = 0.0               # measured latency outside the searched layers
 
 
 def checkpoint_path(request: SearchRequest) -> Path:
@@ -63,8 +64,10 @@ def cost_table(request: SearchRequest, layers, candidates):
         if not request.latency_model:
             raise ConfigError("a latency cost needs a latency model (make one with `mpqc "
                               "measure` and `mpqc fit`), or use the bitops cost")
-        return latency_cost_table(request.latency_model, layers, candidates, candidates,
-                                  request.threads)
+        from dataclasses import replace
+        return replace(latency_cost_table(request.latency_model, layers, candidates,
+                                          candidates, request.threads),
+                       offset=request.glue_ms)
     return bitops_table(layers, candidates, candidates)
 
 

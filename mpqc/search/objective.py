@@ -26,13 +26,15 @@ class CostTable:
     w_bits: tuple[int, ...]
     cost: np.ndarray          # [layer, a index, w index]
     unit: str                 # "ms" or "GBitOPs"
+    offset: float = 0.0       # what the rest of the network costs whatever the bits (glue)
 
     def total(self, config: dict[str, tuple[int, int]]) -> float:
-        return float(sum(self.cost[i, self.a_bits.index(config[n][0]), self.w_bits.index(config[n][1])]
-                         for i, n in enumerate(self.names)))
+        return self.offset + float(sum(
+            self.cost[i, self.a_bits.index(config[n][0]), self.w_bits.index(config[n][1])]
+            for i, n in enumerate(self.names)))
 
     def minimum(self) -> float:
-        return float(self.cost.min(axis=(1, 2)).sum())
+        return self.offset + float(self.cost.min(axis=(1, 2)).sum())
 
     def uniform(self, a: int, w: int) -> float:
         return self.total({n: (a, w) for n in self.names})
@@ -63,7 +65,7 @@ def latency_cost_table(model_file, layers, a_bits, w_bits, threads: int = 1) -> 
 
 
 def expected_cost(mixed_layers: dict, table: CostTable) -> torch.Tensor:
-    total = 0.0
+    total = table.offset
     for i, name in enumerate(table.names):
         q, p = mixed_layers[name].probabilities()
         total = total + q @ torch.as_tensor(table.cost[i], dtype=q.dtype) @ p

@@ -1,0 +1,106 @@
+"""The latency of what is not bit-serial in a network (8-bit first and last layers,
+pooling, residual adds, requantisation, the VM's own calls): "glue".
+
+Measured as the compiled library's time minus the time of its bit-serial kernels, both
+timed on this machine one right after the other, at the smallest and the largest uniform bit
+pair. Glue barely depends on the bits (the kernels carry their epilogues), so the two
+agree up to noise; their mean is what a network prediction adds to its kernels.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mpqc.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class GluePoint:
+    a_bits: int
+    w_bits: int
+    library_ms: float
+    kernels_ms: float
+
+    @property
+    def glue_ms(self) -> float:
+        return self.library_ms - self.kernels_ms
+
+
+@dataclass(frozen=True)
+class GlueMeasurement:
+    model: str
+    target: str
+    threads: int
+    points: tuple[GluePoint, ...]
+    timestamp: float
+
+    @property
+    def glue_ms(self) -> float:
+        return max(0.0, sum(p.glue_ms for p in self.points) / len(self.points))
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "target": self.target, "threads": self.threads,
+                "glue_ms": self.glue_ms, "timestamp": self.timestamp,
+                "points": [{**asdict(p), "glue_ms": p.glue_ms} for p in self.points]}
+
+
+def kernels_ms(records, layers, target: str, a: int, w: int, threads: int) -> float:
+    """Sum of the measured kernels (database medians) of the model's searched layers."""
+    from mpqc.latency.records import LayerShape, current, job_key
+    measured = {r.key: r.median_ms for r in records if r.ok and current(r)}
+    total = 0.0
+    for layer in layers:
+        if not layer.quantizable:
+            continue
+        key = job_key(target, LayerShape.from_layer(layer), a, w, threads)
+        if key not in measured:
+            raise DataError(f"layer {layer.name} at a={a}, w={w} is not in the latency "
+                            "database: measure the model's layers first")
+        total += measured[key]
+    return total
+
+
+def measure_glue(model_spec: str, layers, input_shape, target, threads: int = 1,
+                 repeats: int = 30, pairs=((1, 1), (4, 4)), weights: str | None = None
+                 ) -> GlueMeasurement:
+    """Compile the network at each uniform pair, time it here, subtract its kernels."""
+    from mpqc.build.compile import compile_library
+    from mpqc.build.network import NetworkSpec
+    from mpqc.latency.measure import run_measurements
+    from mpqc.latency.records import read_db
+    from mpqc.latency.space import model_jobs
+    from mpqc.runtime import load
+    from mpqc.targets import runs_on_host
+
+    if not runs_on_host(target):
+        raise ConfigError(f"glue is timed on this machine; target {target.name} does not run "
+                          "here")
+    points = []
+    with tempfile.TemporaryDirectory(prefix="mpqc-glue-") as tmp:
+        for a, w in pairs:
+            spec = NetworkSpec(model=model_spec, weights=weights, config=f"uniform:{a},{w}",
+                               input_shape=tuple(input_shape))
+            built = compile_library(spec, target, Path(tmp) / f"glue-{a}x{w}.so")
+            library = load(built.library).time(repeats=repeats, threads=threads).median_ms
+            # its kernels timed now, not taken from the database: on a shared machine
+            # minutes apart can differ more than the glue itself
+            db = Path(tmp) / f"kernels-{a}x{w}.jsonl"
+            summary = run_measurements(model_jobs(layers, (a,), (w,)), db, target,
+                                       threads=threads, repeats=repeats)
+            if summary.failed:
+                raise DataError(f"timing the kernels of {model_spec} at a={a}, w={w} failed: "
+                                f"{summary.failed[0].error}")
+            points.append(GluePoint(a, w, library, kernels_ms(read_db(db), layers, target.name,
+                                                              a, w, threads)))
+    return GlueMeasurement(model_spec, target.name, threads, tuple(points), time.time())
+
+
+def read_glue_ms(path) -> float:
+    try:
+        return float(json.loads(Path(path).read_text())["glue_ms"])
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"glue file {path} is not readable ({exc}); rerun the measure step") \
+            from exc
