@@ -63,13 +63,18 @@ def _network_spec(model_spec, weights, checkpoint, bits, config_path, data_spec,
 @click.option("--tuning-log", type=click.Path(dir_okay=False), default=None,
               help="Use the best kernel variants of this `mpqc tune` log.")
 @click.option("--batch", default=1, show_default=True, help="Batch the library is built for.")
+@click.option("--latency-model", type=click.Path(dir_okay=False), default=None,
+              help="Latency model of the target (`mpqc fit`): predict the built "
+                   "configuration (kernels + measured glue, the target's default threads "
+                   "or 1) into the manifest.")
 @click.option("--predicted-ms", type=float, default=None,
-              help="Predicted latency to record in the manifest (from `mpqc search`).")
+              help="Predicted latency to record in the manifest (overrides "
+                   "--latency-model's total).")
 @click.option("--budget-ms", type=float, default=None, help="Latency budget to record.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def compile_cmd(model_spec, weights, checkpoint, bits, config_path, data_spec, calibration,
-                input_shape, target_name, out_path, tuning_log, batch, predicted_ms,
-                budget_ms, as_json):
+                input_shape, target_name, out_path, tuning_log, batch, latency_model,
+                predicted_ms, budget_ms, as_json):
     """Compile a quantized network into a shared library for a target.
 
     The network is the model with --weights quantized at --bits/--config (calibrated on
@@ -83,7 +88,8 @@ def compile_cmd(model_spec, weights, checkpoint, bits, config_path, data_spec, c
     spec = _network_spec(model_spec, weights, checkpoint, bits, config_path, data_spec,
                          calibration, input_shape)
     result = compile_library(spec, load_target(target_name), out_path, tuning_log=tuning_log,
-                             batch=batch, predicted_ms=predicted_ms, budget_ms=budget_ms)
+                             batch=batch, predicted_ms=predicted_ms, budget_ms=budget_ms,
+                             latency_model=latency_model)
     if as_json:
         _echo_json(result.manifest)
         return
@@ -93,6 +99,11 @@ def compile_cmd(model_spec, weights, checkpoint, bits, config_path, data_spec, c
     click.echo(f"wrote {result.library} ({result.manifest['sha256'][:12]}) and "
                f"{result.manifest_path.name} for {result.manifest['target']['name']} "
                f"in {result.seconds:.1f} s")
+    prediction = result.manifest.get("prediction")
+    if prediction:
+        click.echo(f"predicted {prediction['total_ms']:.4f} ms on {prediction['threads']} "
+                   f"thread(s) (glue {prediction['glue_ms']:.4f} ms"
+                   + ("" if prediction["glue_measured"] else ", not measured") + ")")
 
 
 def _device_options(command):

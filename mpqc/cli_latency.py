@@ -8,10 +8,14 @@ import click
 
 
 
-def _layers(model_spec: str, input_shape: str | None):
+def _imported(model_spec: str, input_shape: str | None):
     from mpqc.cli import _parse_shape
     from mpqc.importer import import_model
-    return import_model(model_spec, input_shape=_parse_shape(input_shape)).layers
+    return import_model(model_spec, input_shape=_parse_shape(input_shape))
+
+
+def _layers(model_spec: str, input_shape: str | None):
+    return _imported(model_spec, input_shape).layers
 
 
 @click.command("measure")
@@ -43,9 +47,14 @@ def _layers(model_spec: str, input_shape: str | None):
 @click.option("--emulated", is_flag=True,
               help="Flag the records as emulated (automatic for a loopback board of "
                    "another architecture).")
+@click.option("--glue/--no-glue", default=None,
+              help="Also time the network's glue (8-bit first/last layers, pooling, adds, "
+                   "VM): compile --model at the smallest and the largest uniform pair, time "
+                   "each library and its kernels; costs two network compiles. Default: on "
+                   "for --model on this machine, off over RPC (not supported there).")
 def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, seed, bits,
                 a_bits, w_bits, threads, repeats, tuning_log, rpc_tracker, rpc_key, workers,
-                emulated):
+                emulated, glue):
     """Measure bit-serial layers on a target into a latency database.
 
     Each (layer shape, a, w) is built with the schedules the library uses, then timed
@@ -54,7 +63,7 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
     stopped; failures are recorded, summarised at the end and retried by a rerun.
 
     \b
-      mpqc measure --model resnet20 --db latency.jsonl
+      mpqc measure --model resnet20 --db latency.jsonl          (kernels and glue)
       mpqc measure --space random --count 300 --db latency.jsonl
       mpqc measure --target arm64-cortex-a72 --rpc-tracker 127.0.0.1:9190 --model resnet20 --db arm.jsonl
     """
@@ -70,13 +79,21 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
     space = space or ("model" if model_spec else None)
     if space is None:
         raise click.UsageError("say what to measure: --model M, or --space random --count N")
+    if glue and space != "model":
+        raise click.UsageError("--glue times a network: give --model")
+    imported = None
     if space == "model":
         if not model_spec:
             raise click.UsageError("--space model needs --model")
-        jobs = model_jobs(_layers(model_spec, input_shape), a_set, w_set)
+        imported = _imported(model_spec, input_shape)
+        jobs = model_jobs(imported.layers, a_set, w_set)
     else:
         jobs = random_jobs(count, seed, a_set, w_set)
     device = _rpc_device(target, rpc_tracker, rpc_key)
+    if glue is None:
+        glue = space == "model" and device is None
+    if glue and device is not None:
+        raise click.UsageError("--glue is timed on this machine only; over RPC pass --no-glue")
     bar = tqdm(total=len(jobs), unit="kernel", desc=f"measure {target.name}", file=sys.stderr)
 
     def progress(record):
@@ -102,6 +119,22 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
         click.echo("failed kernels are kept as error records; rerun the same command to "
                    "retry them", err=True)
         sys.exit(1)
+    if glue:
+        _measure_glue(imported, target, threads, repeats, db_path, a_set, w_set)
+
+
+def _measure_glue(imported, target, threads, repeats, db_path, a_set, w_set) -> None:
+    from mpqc.latency.glue_db import measure_glue_record, uniform_extremes
+    click.echo(f"glue of {imported.model_spec}: compiling and timing the network at its "
+               "smallest and largest uniform pair ...", err=True)
+    record, fresh = measure_glue_record(
+        imported.model_spec, imported.input_shape, target, threads, repeats, db_path,
+        uniform_extremes(a_set, w_set), weights=imported.weights, layers=imported.layers)
+    points = "; ".join(f"a{a}w{w}: library {lib:.4f} - kernels {k:.4f} ms"
+                       for (a, w), lib, k in zip(record.pairs, record.library_ms,
+                                                 record.kernels_ms))
+    click.echo(f"glue {record.glue_ms:.4f} ms ({points}; spread {record.spread_ms:.4f} ms)"
+               + ("" if fresh else f", already in {db_path}"))
 
 
 @click.command("fit")
@@ -120,10 +153,14 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
 def fit_cmd(db_path, target_name, out_path, heldout, seed, allow_emulated, as_json):
     """Fit the latency predictor (XGBoost + exact table) of one target.
 
+    The glue measured for networks (`mpqc measure --model M`) is copied into the
+    model, so that `mpqc predict`, the search and `mpqc compile` add it.
+
     The reported error is held out by layer shape: the records of a random 20% of the
     shapes are predicted by a model fitted on the others. The saved model is then
     fitted on every record.
     """
+    from mpqc.latency.glue_db import read_glue
     from mpqc.latency.predictor import fit_latency_model
     from mpqc.latency.records import read_db
     from mpqc.targets import load_target
@@ -131,7 +168,8 @@ def fit_cmd(db_path, target_name, out_path, heldout, seed, allow_emulated, as_js
     if not 0 < heldout < 1:
         raise click.BadParameter("must be between 0 and 1", param_hint="--heldout")
     target = load_target(target_name)
-    model = fit_latency_model(read_db(db_path), target, heldout, seed, allow_emulated)
+    model = fit_latency_model(read_db(db_path), target, heldout, seed, allow_emulated,
+                              glue=read_glue(db_path))
     model.save(out_path)
     m = model.metrics
     if as_json:
@@ -142,6 +180,8 @@ def fit_cmd(db_path, target_name, out_path, heldout, seed, allow_emulated, as_js
                f"{m['heldout_shapes']} shapes ({m['n_heldout']} records): "
                f"{m['heldout_within_10pct']:.1%} within 10%, {m['heldout_within_5pct']:.1%} "
                f"within 5%, MAPE {m['heldout_mape']:.1%}")
+    for key, ms in model.glue.items():
+        click.echo(f"glue {key}: {ms:.4f} ms")
     click.echo(f"wrote {out_path}")
 
 
@@ -155,24 +195,30 @@ def fit_cmd(db_path, target_name, out_path, heldout, seed, allow_emulated, as_js
 @click.option("--threads", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict_cmd(model_file, model_spec, input_shape, config_text, threads, as_json):
-    """Predict the latency of every quantized layer and of the network."""
+    """Predict the latency of every quantized layer and of the network (plus its glue
+    when the model holds a measurement of it)."""
     from mpqc.latency.network import parse_config, predict_network
     from mpqc.latency.predictor import LatencyModel
 
-    layers = _layers(model_spec, input_shape)
+    imported = _imported(model_spec, input_shape)
+    layers = imported.layers
     model = LatencyModel.load(model_file)
-    result = predict_network(model, layers, parse_config(config_text, layers), threads)
+    glue = model.glue_ms(model_spec, imported.input_shape, threads)
+    result = predict_network(model, layers, parse_config(config_text, layers), threads,
+                             glue or 0.0)
     if as_json:
         from mpqc.cli import _echo_json
-        _echo_json({"target": model.target, **result.to_json()})
+        _echo_json({"target": model.target, "glue_measured": glue is not None,
+                    **result.to_json()})
         return
     from mpqc.cli import _table
     rows = [[l.name, f"{l.a_bits}", f"{l.w_bits}", f"{l.ms:.4f}",
              "measured" if l.measured else "predicted"] for l in result.layers]
     click.echo(_table(rows, ["layer", "a", "w", "ms", "source"]))
     click.echo(f"total {result.total_ms:.4f} ms on {model.target}, {threads} thread(s)"
-               + (f" (glue {result.glue_ms:.4f} ms)" if result.glue_ms else
-                  " (bit-serial layers only)"))
+               + (f" (glue {result.glue_ms:.4f} ms)" if glue is not None else
+                  " (bit-serial layers only: no glue measured for this network; "
+                  "`mpqc measure --model` then `mpqc fit`)"))
 
 
 @click.command("latency")
@@ -191,14 +237,20 @@ def predict_cmd(model_file, model_spec, input_shape, config_text, threads, as_js
                    "so they are fresh).")
 @click.option("--use-exact", is_flag=True,
               help="Let measurements in the model's exact table replace predictions.")
+@click.option("--compiled", is_flag=True,
+              help="Compare with the compiled library instead: build and time the whole "
+                   "network per configuration (one network compile each) against "
+                   "kernels + glue predicted.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
               help="Also write the result here.")
 def bench_latency_cmd(model_file, model_spec, input_shape, target_name, configs, bits, seed,
-                      threads, repeats, db_path, use_exact, json_path):
+                      threads, repeats, db_path, use_exact, compiled, json_path):
     """Network-level check of the latency model on random mixed configurations.
 
     For each configuration the predicted network latency (sum of the layer predictions)
-    is compared with the sum of the same kernels measured in this run.
+    is compared with the sum of the same kernels measured in this run; with --compiled,
+    the prediction plus the network's glue is compared with the library built for the
+    configuration and timed here (batch 1, median after warm-up).
     """
     import tempfile
     from pathlib import Path
@@ -215,9 +267,18 @@ def bench_latency_cmd(model_file, model_spec, input_shape, target_name, configs,
     if model.target != target.name:
         raise click.BadParameter(f"the model is of target {model.target}, not {target.name}",
                                  param_hint="--target")
-    layers = _layers(model_spec, input_shape)
+    if configs < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--configs")
+    imported = _imported(model_spec, input_shape)
+    layers = imported.layers
     bit_set = parse_bits(bits)
     chosen = random_configs(layers, bit_set, bit_set, configs, seed)
+    if compiled:
+        if db_path:
+            raise click.UsageError("--db holds kernel timings; --compiled times libraries")
+        _bench_compiled(model, imported, chosen, target, threads, repeats, use_exact,
+                        json_path)
+        return
     with tempfile.TemporaryDirectory(prefix="mpqc-bench-latency-") as tmp:
         bar = tqdm(unit="kernel", desc="measure kernels", file=sys.stderr)
         result = check_network(model, layers, chosen, target,
@@ -235,6 +296,39 @@ def bench_latency_cmd(model_file, model_spec, input_shape, target_name, configs,
     click.echo(_table(rows, ["config", "predicted ms", "measured ms", "error"]))
     click.echo(f"mean absolute error {out['mean_abs_error']:.1%} over {out['configs']} "
                f"configurations (max {out['max_abs_error']:.1%})")
+
+
+def _bench_compiled(model, imported, chosen, target, threads, repeats, use_exact,
+                    json_path) -> None:
+    from pathlib import Path
+
+    from mpqc.cli import _table
+    from mpqc.latency.library_check import check_compiled
+
+    if model.glue_ms(imported.model_spec, imported.input_shape, threads) is None:
+        click.echo(f"warning: the latency model holds no glue for {imported.model_spec} "
+                   f"({'x'.join(map(str, imported.input_shape))}, {threads} thread(s)); "
+                   "predictions are its kernels only (`mpqc measure --model` then `mpqc fit`)",
+                   err=True)
+
+    def progress(i, measured, predicted):
+        click.echo(f"config {i + 1}/{len(chosen)}: library {measured:.4f} ms, predicted "
+                   f"{predicted:.4f} ms", err=True)
+
+    result = check_compiled(model, imported.model_spec, layers=imported.layers,
+                            input_shape=imported.input_shape, configs=chosen, target=target,
+                            threads=threads, repeats=repeats, use_exact=use_exact,
+                            weights=imported.weights, progress=progress)
+    out = {"model": imported.model_spec, "target": target.name, "threads": threads,
+           **result.to_json()}
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2))
+    rows = [[str(i), f"{p:.4f}", f"{m:.4f}", f"{e:+.1%}"] for i, (p, m, e) in enumerate(
+        zip(result.predicted_ms, result.measured_ms, result.errors))]
+    click.echo(_table(rows, ["config", "predicted ms", "library ms", "error"]))
+    click.echo(f"mean absolute error {out['mean_abs_error']:.1%} over {out['configs']} "
+               f"compiled configurations (max {out['max_abs_error']:.1%}); glue "
+               + (f"{result.glue_ms:.4f} ms" if result.glue_ms is not None else "not measured"))
 
 
 def register(group: click.Group) -> None:

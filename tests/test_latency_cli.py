@@ -1,6 +1,8 @@
 """mpqc measure / fit / predict through the command line."""
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from mpqc.cli import main
@@ -32,7 +34,10 @@ def test_measure_fit_predict(tmp_path):
     assert out.exit_code == 0, out.output
     result = json.loads(out.output)
     assert all(layer["measured"] for layer in result["layers"])  # democnn was measured at 1,1
-    assert result["total_ms"] == sum(layer["ms"] for layer in result["layers"])
+    # measure --model also timed the glue; fit carried it, predict adds it
+    assert result["glue_measured"] and result["glue_ms"] >= 0
+    assert result["total_ms"] == pytest.approx(sum(layer["ms"] for layer in result["layers"])
+                                               + result["glue_ms"])
     out = run("predict", "--model-file", model, "--model", "democnn", "--config", "uniform:3,3")
     assert out.exit_code == 0 and "predicted" in out.output and "total" in out.output
 

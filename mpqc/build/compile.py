@@ -77,10 +77,12 @@ def compile_relax(module, target):
 
 def compile_library(spec: NetworkSpec, target, out, tuning_log=None, batch: int = 1,
                     predicted_ms: float | None = None, budget_ms: float | None = None,
-                    model=None) -> CompileResult:
+                    model=None, latency_model=None) -> CompileResult:
     """Build `out` (.so) and `out` minus .so plus .manifest.json for `target`.
 
-    `model`: an already quantized model (else rebuilt from `spec`).
+    `model`: an already quantized model (else rebuilt from `spec`). `latency_model` (a
+    file from `mpqc fit`): predict the built configuration (kernels + the network's
+    glue) into the manifest; `predicted_ms` still overrides the recorded total.
     """
     from mpqc.lower import lower
     from mpqc.remote import export_library
@@ -90,6 +92,7 @@ def compile_library(spec: NetworkSpec, target, out, tuning_log=None, batch: int 
     out = Path(out)
     if out.suffix != ".so":
         raise BuildError(f"{out}: the library file name must end in .so")
+    predictor = _load_predictor(latency_model, target)  # fails before the long build
     if model is None:
         model, shape = build_quantized_model(spec)
     else:
@@ -106,11 +109,56 @@ def compile_library(spec: NetworkSpec, target, out, tuning_log=None, batch: int 
         raise BuildError(f"exporting {out} for target {target.name} failed: "
                          f"{last_line(exc)}") from exc
     seconds = time.perf_counter() - start
+    prediction = None
+    if predictor is not None:
+        prediction = predict_built(predictor, spec, lowered.program, target, latency_model)
+        if predicted_ms is None:
+            predicted_ms = prediction["total_ms"]
     manifest = _manifest(spec, target, lowered, out, batch, tuning_log, predicted_ms,
                          budget_ms, seconds)
+    if prediction is not None:
+        manifest["prediction"] = prediction
     path = manifest_path_for(out)
     path.write_text(json.dumps(manifest, indent=2))
     return CompileResult(out, path, manifest, seconds)
+
+
+def _load_predictor(latency_model, target):
+    if latency_model is None:
+        return None
+    from mpqc.errors import ConfigError
+    from mpqc.latency.predictor import LatencyModel
+    predictor = LatencyModel.load(latency_model)
+    if predictor.target != target.name:
+        raise ConfigError(f"latency model {latency_model} is of target {predictor.target}, "
+                          f"not {target.name}: fit one for {target.name}")
+    return predictor
+
+
+def predict_built(predictor, spec: NetworkSpec, program, target, source=None) -> dict:
+    """The predicted latency of the configuration as built (its bit-serial layers at the
+    bits the program holds, plus the glue the model measured for this network), on the
+    target's default threads (1 when it names none)."""
+    from mpqc.latency.network import predict_network
+    from mpqc.models import build_model, describe_layers
+    from mpqc.build.network import default_input_shape
+
+    shape = default_input_shape(spec)
+    threads = target.default_threads or 1
+    layers = describe_layers(build_model(spec.model, num_classes=spec.num_classes), shape,
+                             first_last_8bit=True)
+    built = {l.name: (l.a_bits, l.w_bits) for l in program.layers}
+    missing = [l.name for l in layers if l.quantizable and l.name not in built]
+    if missing:
+        raise BuildError(f"cannot predict the library: layers {', '.join(missing)} of "
+                         f"{spec.model} are not in the lowered program")
+    config = {l.name: built[l.name] for l in layers if l.quantizable}
+    glue = predictor.glue_ms(spec.model, shape, threads)
+    net = predict_network(predictor, layers, config, threads, glue or 0.0)
+    return {"latency_model": str(source) if source else None, "target": predictor.target,
+            "threads": threads, "batch": 1, "total_ms": net.total_ms, "glue_ms": net.glue_ms,
+            "glue_measured": glue is not None,
+            "layers": [dict(l.__dict__) for l in net.layers]}
 
 
 def _manifest(spec, target, lowered, out: Path, batch, tuning_log, predicted_ms, budget_ms,

@@ -56,6 +56,7 @@ class LatencyModel:
     parts: dict[str, PartModel]
     exact: dict[str, float]                      # "shape|a|w|threads" -> median ms
     metrics: dict = field(default_factory=dict)
+    glue: dict[str, float] = field(default_factory=dict)  # "model|CxHxW|threads" -> ms
 
     @staticmethod
     def exact_key(shape: LayerShape, a: int, w: int, threads: int) -> str:
@@ -76,6 +77,11 @@ class LatencyModel:
     def predict(self, shape: LayerShape, a: int, w: int, threads: int = 1) -> float:
         return float(self.predict_many([(shape, a, w, threads)])[0])
 
+    def glue_ms(self, model_spec: str, input_shape, threads: int = 1) -> float | None:
+        """The measured glue of a network (None: never measured for this model file)."""
+        from mpqc.latency.glue_db import model_glue_key
+        return self.glue.get(model_glue_key(model_spec, input_shape, threads))
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +92,8 @@ class LatencyModel:
             trees[part] = {"file": file.name, "base_coef": m.base_coef}
         meta = {"format": FORMAT, "target": self.target, "target_word_bits": self.target_word_bits,
                 "tiles": list(self.tiles), "features": {k: list(v) for k, v in FEATURES.items()},
-                "parts": trees, "exact": self.exact, "metrics": self.metrics}
+                "parts": trees, "exact": self.exact, "metrics": self.metrics,
+                "glue": self.glue}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(path)
@@ -119,7 +126,8 @@ class LatencyModel:
                                 f"missing or corrupt ({exc}); refit with `mpqc fit`") from exc
             parts[part] = PartModel(part, info["base_coef"], booster)
         return LatencyModel(meta["target"], meta["target_word_bits"], tuple(meta["tiles"]),
-                            parts, meta["exact"], meta.get("metrics", {}))
+                            parts, meta["exact"], meta.get("metrics", {}),
+                            meta.get("glue", {}))  # files fitted before glue have none
 
 
 def usable_records(records: list[LatencyRecord], target: str,
@@ -206,8 +214,10 @@ def error_metrics(predicted: np.ndarray, measured: np.ndarray) -> dict:
 
 
 def fit_latency_model(records: list[LatencyRecord], target, heldout_fraction: float = 0.2,
-                      seed: int = 0, allow_emulated: bool = False) -> LatencyModel:
-    """Evaluate held out by shape, then refit on everything for the returned model."""
+                      seed: int = 0, allow_emulated: bool = False, glue=()) -> LatencyModel:
+    """Evaluate held out by shape, then refit on everything for the returned model.
+    `glue`: GlueRecords (mpqc.latency.glue_db.read_glue); the target's current ones are
+    copied into the model as they are (glue is measured, not predicted)."""
     from mpqc.schedules.build import default_knobs
 
     mine = usable_records(records, target.name, allow_emulated)
@@ -229,6 +239,14 @@ def fit_latency_model(records: list[LatencyRecord], target, heldout_fraction: fl
         "emulated_records": sum(r.emulated for r in mine), "seed": seed,
         "base_coef": {k: m.base_coef for k, m in model.parts.items()},
     }
+    model.glue = glue_table(glue, target.name, allow_emulated)
+    model.metrics["glue_networks"] = len(model.glue)
     if not all(math.isfinite(v) for v in (scores["mape"],)):
         raise ConfigError("latency model evaluation produced a non-finite error")
     return model
+
+
+def glue_table(glue_records, target: str, allow_emulated: bool = False) -> dict[str, float]:
+    from mpqc.latency.glue_db import current_glue, model_glue_key
+    return {model_glue_key(r.model, r.input_shape, r.threads): r.glue_ms
+            for r in current_glue(glue_records, target, allow_emulated).values()}

@@ -124,10 +124,14 @@ def job_key(target: str, shape: LayerShape, a_bits: int, w_bits: int, threads: i
 
 
 def read_db(path: str | Path) -> list[LatencyRecord]:
-    """Every complete record; a torn last line is skipped, a foreign line is an error."""
+    """Every complete layer record; a torn last line is skipped, a foreign line is an
+    error. Glue lines (mpqc.latency.glue_db) share the file and are read by read_glue."""
+    from mpqc.latency.glue_db import is_glue_row
     path = Path(path)
     records = []
     for i, row in enumerate(read_jsonl(path), 1):
+        if is_glue_row(row):
+            continue
         try:
             records.append(LatencyRecord.from_json(row))
         except (TypeError, KeyError, ConfigError) as exc:

@@ -46,9 +46,12 @@ def bitops_table(layers, a_bits, w_bits) -> CostTable:
     return CostTable(tuple(l.name for l in chosen), tuple(a_bits), tuple(w_bits), cost, "GBitOPs")
 
 
-def latency_cost_table(model_file, layers, a_bits, w_bits, threads: int = 1) -> CostTable:
+def latency_cost_table(model_file, layers, a_bits, w_bits, threads: int = 1,
+                       model_spec: str | None = None, input_shape=None) -> CostTable:
     """The predicted-latency table of a fitted latency model (mpqc.latency, imported
-    only here: the search itself knows nothing of how the table was made)."""
+    only here: the search itself knows nothing of how the table was made). With
+    `model_spec` (and `input_shape` for a model that is not built in) the offset is the
+    network's glue the model holds, 0 when it holds none."""
     try:
         from mpqc.latency.table import latency_table
     except ImportError as exc:
@@ -61,7 +64,16 @@ def latency_cost_table(model_file, layers, a_bits, w_bits, threads: int = 1) -> 
         raise ConfigError(f"latency model {model_file} gave an unusable table (shape "
                           f"{ms.shape}, expected {(len(names), len(a_bits), len(w_bits))}, "
                           "positive finite entries)")
-    return CostTable(tuple(names), tuple(a_bits), tuple(w_bits), ms, "ms")
+    offset = _glue_ms(model_file, model_spec, input_shape, threads) if model_spec else 0.0
+    return CostTable(tuple(names), tuple(a_bits), tuple(w_bits), ms, "ms", offset)
+
+
+def _glue_ms(model_file, model_spec: str, input_shape, threads: int) -> float:
+    from mpqc.latency.glue_db import resolve_input_shape
+    from mpqc.latency.predictor import LatencyModel
+    glue = LatencyModel.load(model_file).glue_ms(
+        model_spec, resolve_input_shape(model_spec, input_shape), threads)
+    return float(glue or 0.0)
 
 
 def expected_cost(mixed_layers: dict, table: CostTable) -> torch.Tensor:
