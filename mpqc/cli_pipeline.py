@@ -62,6 +62,12 @@ Steps:
 @click.option("--until-step", type=click.Choice(STEP_NAMES), default=None,
               help="Stop after this step.")
 @click.option("--method", type=click.Choice(["ebs", "bpnas"]), default="bpnas", show_default=True)
+@click.option("--gamma", "gamma_max", type=float, default=0.05, show_default=True,
+              help="BP-NAS Prob-1 weight reached at the end of the search (annealed from 0); "
+                   "larger makes the strengths one-hot sooner.")
+@click.option("--spend-slack/--argmax-only", default=True, show_default=True,
+              help="After the argmax, raise the bits the strengths want most per unit of "
+                   "cost while the configuration stays within the budget.")
 @click.option("--bits", default="1,2,3,4", show_default=True, help="Candidate bit-widths (a and w).")
 @click.option("--baseline", "baselines", multiple=True, metavar="A,W",
               help="Uniform baseline for the Pareto plot (repeatable; 'none' for none). "
@@ -85,7 +91,7 @@ Steps:
               help="Kernel variants from `mpqc tune` for measurement and build.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
-                 budget_ratio, workdir, from_step, until_step, method, bits, baselines, epochs,
+                 budget_ratio, workdir, from_step, until_step, method, gamma_max, spend_slack, bits, baselines, epochs,
                  finetune_epochs, fp32_epochs, subset, batch_size, seed, threads, random_shapes,
                  repeats, rpc_tracker, rpc_key, tuning_log, quiet):
     import json
@@ -97,6 +103,7 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
     cfg = PipelineConfig(model=model_spec, data=data_spec, weights=weights,
                          input_shape=_parse_shape(input_shape), target=target_name,
                          budget_ms=budget_ms, budget_ratio=budget_ratio, method=method,
+                         gamma_max=gamma_max, spend_slack=spend_slack,
                          bits=bits, epochs=epochs, finetune_epochs=finetune_epochs,
                          fp32_epochs=fp32_epochs, subset=subset, batch_size=batch_size,
                          seed=seed, threads=threads, random_shapes=random_shapes,

@@ -36,6 +36,9 @@ import click
               help="BP-NAS Prob-1 weight reached at the end of the search (annealed from 0).")
 @click.option("--clip-k", type=float, default=3.0, show_default=True,
               help="Scale-clip: weights clipped to +-k mean|W| in the supernet (0: off).")
+@click.option("--spend-slack/--argmax-only", default=True, show_default=True,
+              help="After the argmax, raise the bits the strengths want most per unit of "
+                   "cost while the configuration stays within the budget.")
 @click.option("--subset", type=int, default=None, help="Use N training images (and N/5 val/test).")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -45,7 +48,7 @@ import click
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
                budget_ratio, method, bits, uniform, epochs, finetune_epochs, fp32_epochs, lam, mu,
-               gamma_max, clip_k, subset, batch_size, seed, threads, out_path, quiet):
+               gamma_max, clip_k, spend_slack, subset, batch_size, seed, threads, out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
     Alternates weight steps (train split) and strength steps (validation split) of an
@@ -91,7 +94,8 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
     candidate_bits(request)  # bits outside 1..8 fail before any data is read
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
                               fp32_epochs=fp32_epochs, batch_size=batch_size, lam=lam, mu=mu,
-                              gamma_max=gamma_max, clip_k=clip_k or None, seed=seed,
+                              gamma_max=gamma_max, clip_k=clip_k or None,
+                              spend_slack=spend_slack, seed=seed,
                               progress=not quiet)
     world = join_world()
     if world.distributed:  # the processes share the machine's cores

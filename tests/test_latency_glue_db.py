@@ -231,3 +231,13 @@ def test_bench_latency_compiled_on_two_configurations(tmp_path, model_file):
     assert result["mean_abs_error"] == pytest.approx(np.mean(np.abs(errors)))
     assert result["max_abs_error"] == pytest.approx(np.max(np.abs(errors)))
     assert len(result["exact_table"]["predicted_ms"]) == 2
+
+
+def test_a_search_request_takes_the_glue_from_the_latency_model(model_file, tmp_path):
+    from mpqc.search.driver import SearchRequest, cost_table
+    layers = describe_layers(build_model("democnn"), SHAPE)
+    request = SearchRequest(model="democnn", data="mnist", out=tmp_path / "s.json",
+                            latency_model=str(model_file))
+    assert cost_table(request, layers, (1, 2), SHAPE).offset == pytest.approx(0.05)
+    assert cost_table(replace(request, glue_ms=0.3), layers, (1, 2), SHAPE).offset == 0.3
+    assert cost_table(replace(request, cost="bitops"), layers, (1, 2), SHAPE).offset == 0.0

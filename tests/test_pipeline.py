@@ -103,16 +103,17 @@ def test_killed_in_search_resumes_and_ends_with_a_verified_library(tmp_path):
     assert "verified  exact" in done.stdout
 
     # everything is up to date now; a changed budget redoes the search and what follows
+    # (a larger one: how small a ratio is feasible depends on this CPU's glue vs kernels)
     again = subprocess.run(_cmd(work, "--until-step", "search"), capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("skipped (up to date)") == 4
-    moved = subprocess.run([*_cmd(work, "--until-step", "search")[:-2], "--budget-ratio", "0.5",
+    moved = subprocess.run([*_cmd(work, "--until-step", "search")[:-2], "--budget-ratio", "0.7",
                             "--until-step", "search"], capture_output=True, text=True,
                            timeout=600)
     assert moved.returncode == 0, moved.stderr[-2000:]
     assert moved.stderr.count("skipped (up to date)") == 3
     assert json.loads((work / "search.json").read_text())["budget_ms"] == pytest.approx(
-        summary["budget_ms"] * 0.5 / 0.6)
+        summary["budget_ms"] * 0.7 / 0.6)
 
 
 def _run(*args):

@@ -10,8 +10,8 @@ from mpqc.cli import main
 from mpqc.errors import ConfigError, ModelError
 from mpqc.models import build_model, describe_layers
 from mpqc.quant import act_codes, weight_codes
-from mpqc.search import (barrier_penalty, bitops_table, expected_cost, prob1_regularizer,
-                         repair_to_budget)
+from mpqc.search import (CostTable, barrier_penalty, bitops_table, expected_cost,
+                         prob1_regularizer, repair_to_budget, spend_slack)
 from mpqc.supernet import is_mixed, make_supernet
 
 
@@ -86,6 +86,25 @@ def test_expected_cost_and_repair(resnet_supernet):
         repair_to_budget(fixed, table, table.minimum() * 0.99)
 
 
+def test_spend_slack_raises_what_the_strengths_want_and_stays_within_budget():
+    names = ("l0", "l1", "l2")
+    cost = np.array([[[1.0, 2.0], [2.0, 4.0]]] * 3)     # a x w in (1, 2), BitOPs-like
+    table = CostTable(names, (1, 2), (1, 2), cost, "GBitOPs", offset=0.5)
+    cheapest = {n: (1, 1) for n in names}
+    # l1 wants 2-bit weights, l2 2-bit activations, l0 neither
+    prefs = {"l0": ([0.9, 0.1], [0.9, 0.1]), "l1": ([0.9, 0.1], [0.2, 0.8]),
+             "l2": ([0.3, 0.7], [0.9, 0.1])}
+    budget = table.total(cheapest) + 2.0    # room for exactly two one-step raises
+    config, raised = spend_slack(cheapest, table, budget, prefs)
+    assert table.total(config) <= budget
+    assert config == {"l0": (1, 1), "l1": (1, 2), "l2": (2, 1)}
+    assert [r["layer"] for r in raised] == ["l1", "l2"]
+    # no slack: nothing moves; all the budget: everything at the top
+    assert spend_slack(cheapest, table, table.total(cheapest), prefs) == (cheapest, [])
+    top, _ = spend_slack(cheapest, table, table.uniform(2, 2), prefs)
+    assert top == {n: (2, 2) for n in names}
+
+
 def test_a_model_with_nothing_to_search_is_refused():
     tiny = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(),
                                torch.nn.Linear(4 * 26 * 26, 10))
@@ -111,6 +130,12 @@ def test_search_cli_meets_the_budget_and_resumes(tmp_path):
     assert result["predicted_ms"] <= result["budget_ms"]
     assert len(result["layers"]) == 4 and len(result["trajectory"]) == 1
     assert all(1 <= l["a"] <= 4 and 1 <= l["w"] <= 4 for l in result["layers"])
+    # the chosen configuration is the argmax (repaired to the budget), then the raises
+    chosen = {l["name"]: [l["a"], l["w"]] for l in result["layers"]}
+    assert set(result["argmax"]) == set(chosen)
+    for step in result["raised"]:
+        assert step["to"] != step["from"]
+        assert all(c >= t for c, t in zip(chosen[step["layer"]], step["to"]))
     assert (tmp_path / "search.pt").exists() and (tmp_path / "search.json.ckpt").exists()
     again = run(*args)  # everything is in the checkpoint: same result, nothing retrained
     assert again.exit_code == 0, again.output

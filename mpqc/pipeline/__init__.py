@@ -25,7 +25,7 @@ def preflight(cfg: PipelineConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {value} must be positive")
     if cfg.method not in METHODS:
         raise ConfigError(f"method {cfg.method!r} is not one of {', '.join(METHODS)}")
-    for name in ("epochs", "finetune_epochs", "fp32_epochs", "random_shapes"):
+    for name in ("epochs", "finetune_epochs", "fp32_epochs", "random_shapes", "gamma_max"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
     if cfg.repeats < 1 or cfg.threads < 1:

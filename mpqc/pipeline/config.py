@@ -15,6 +15,8 @@ class PipelineConfig:
     budget_ms: float | None = None
     budget_ratio: float | None = None
     method: str = "bpnas"
+    gamma_max: float = 0.05     # BP-NAS Prob-1 weight at the end of the search
+    spend_slack: bool = True    # raise the argmax's bits while within budget
     bits: str = "1,2,3,4"
     epochs: int = 2
     finetune_epochs: int = 1

@@ -142,7 +142,9 @@ def _settings(cfg):
     from mpqc.search.loop import SearchSettings
     return SearchSettings(method=cfg.method, epochs=cfg.epochs,
                           finetune_epochs=cfg.finetune_epochs, fp32_epochs=cfg.fp32_epochs,
-                          batch_size=cfg.batch_size, seed=cfg.seed, progress=cfg.progress)
+                          batch_size=cfg.batch_size, gamma_max=cfg.gamma_max,
+                          spend_slack=cfg.spend_slack, seed=cfg.seed,
+                          progress=cfg.progress)
 
 
 def _request(cfg, ws, out, **extra):
@@ -254,7 +256,7 @@ def run_report(cfg, ws):
 
 # --- the list ---------------------------------------------------------------------------
 _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
-                   "method", "bits", "baselines", "epochs", "finetune_epochs", "fp32_epochs",
+                   "method", "gamma_max", "spend_slack", "bits", "baselines", "epochs", "finetune_epochs", "fp32_epochs",
                    "subset", "batch_size", "seed", "threads")
 
 

@@ -27,7 +27,8 @@ class SearchRequest:
     subset: int | None = None
     threads: int = 1
     checkpoint: Path | None = None     # default: the result JSON's name + .ckpt
-    glue_ms: float = 0.0               # measured latency outside the searched layers
+    glue_ms: float | None = None       # latency outside the searched layers; None: the
+                                       # latency model's glue for the network (0 if none)
 
 
 def checkpoint_path(request: SearchRequest) -> Path:
@@ -57,7 +58,7 @@ def candidate_bits(request: SearchRequest) -> tuple[int, ...]:
     return candidates
 
 
-def cost_table(request: SearchRequest, layers, candidates):
+def cost_table(request: SearchRequest, layers, candidates, input_shape=None):
     from mpqc.search.objective import bitops_table, latency_cost_table
     cost = request.cost or ("latency" if request.latency_model else "bitops")
     if cost == "latency":
@@ -65,9 +66,10 @@ def cost_table(request: SearchRequest, layers, candidates):
             raise ConfigError("a latency cost needs a latency model (make one with `mpqc "
                               "measure` and `mpqc fit`), or use the bitops cost")
         from dataclasses import replace
-        return replace(latency_cost_table(request.latency_model, layers, candidates,
-                                          candidates, request.threads),
-                       offset=request.glue_ms)
+        table = latency_cost_table(request.latency_model, layers, candidates, candidates,
+                                   request.threads, model_spec=request.model,
+                                   input_shape=input_shape)
+        return table if request.glue_ms is None else replace(table, offset=request.glue_ms)
     return bitops_table(layers, candidates, candidates)
 
 
@@ -98,7 +100,8 @@ def search_to_files(request: SearchRequest, settings, world=None,
     model = build_model(request.model, num_classes=splits.num_classes)
     if request.weights:
         load_weights(model, request.weights)
-    table = cost_table(request, describe_layers(model, splits.input_shape), candidates)
+    table = cost_table(request, describe_layers(model, splits.input_shape), candidates,
+                       splits.input_shape)
     budget = resolve_budget(request, table, candidates)
     out = Path(request.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,6 +123,7 @@ def search_to_files(request: SearchRequest, settings, world=None,
               "trajectory": result["trajectory"],
               "start_expected_cost": result["start_expected_cost"],
               "fixed_layers": result["fixed_layers"], "world_size": result["world_size"],
+              "argmax": result["argmax"], "raised": result["raised"],
               "finetuned": qmodel is not None,
               "fp32_weights": request.weights or str(fp32_weights_path(out))}
     if qmodel is not None:

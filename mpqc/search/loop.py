@@ -21,7 +21,7 @@ from tqdm import tqdm
 from mpqc.errors import ConfigError, ModelError, first_line
 from mpqc.search.distributed import World, loader, replicas_agree, replicate, set_epoch
 from mpqc.search.objective import (CostTable, barrier_penalty, expected_cost, feasible_start,
-                                   prob1_regularizer, repair_to_budget)
+                                   prob1_regularizer, repair_to_budget, spend_slack)
 from mpqc.supernet import is_mixed, make_supernet
 
 METHODS = ("ebs", "bpnas")
@@ -41,6 +41,7 @@ class SearchSettings:
     mu: float = 0.01             # BP-NAS barrier weight
     gamma_max: float = 0.05      # BP-NAS Prob-1 weight at the last step (annealed from 0)
     clip_k: float | None = 3.0   # scale-clip distribution reshaping (None: off)
+    spend_slack: bool = True     # raise bits of the argmax while it stays within budget
     seed: int = 0
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -181,6 +182,19 @@ def _search_epochs(supernet, mixed, train, val, table, budget, settings, state, 
         ckpt.save(state)
 
 
+def _preferences(mixed, table) -> dict:
+    """Each layer's strengths as probabilities over the table's a and w bit-widths."""
+    prefs = {}
+    with torch.no_grad():
+        for n in table.names:
+            q, p = mixed[n].probabilities()
+            qa = dict(zip(mixed[n].a_candidates, q.tolist()))
+            pw = dict(zip(mixed[n].w_candidates, p.tolist()))
+            prefs[n] = ([qa.get(b, 0.0) for b in table.a_bits],
+                        [pw.get(b, 0.0) for b in table.w_bits])
+    return prefs
+
+
 def _stay_inside(strengths, before, mixed, table, budget, halvings: int = 8) -> None:
     """Backtracking of an interior-point method: a strength step that would carry E[T]
     from inside the budget across it is halved until it stays inside (or undone). Adam's
@@ -288,9 +302,12 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
                            world)
             argmax = {n: m.chosen() for n, m in mixed.items()}
             config = repair_to_budget(argmax, table, budget)
+            raised = []
+            if settings.spend_slack:
+                config, raised = spend_slack(config, table, budget, _preferences(mixed, table))
             qmodel = _quantized_from_supernet(model, supernet, config, shape)
             state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
-                         argmax={n: list(v) for n, v in argmax.items()},
+                         argmax={n: list(v) for n, v in argmax.items()}, raised=raised,
                          qat_state=qmodel.state_dict())
             state.pop("optim", None)
             ckpt.save(state)
@@ -311,7 +328,8 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
               "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,
               "fp32_accuracy": state["fp32_accuracy"], "trajectory": state["history"],
               "start_expected_cost": state.get("start_expected_cost"), "fixed_layers": fixed,
-              "argmax": state.get("argmax"), "world_size": world.size}
+              "argmax": state.get("argmax"), "raised": state.get("raised", []),
+              "world_size": world.size}
     if until == "search":
         return result
 

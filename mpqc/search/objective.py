@@ -125,9 +125,51 @@ def repair_to_budget(config: dict, table: CostTable, budget: float) -> dict:
     return config
 
 
+def spend_slack(config: dict, table: CostTable, budget: float,
+                preference: dict[str, tuple[list[float], list[float]]]) -> tuple[dict, list]:
+    """Raise bits while the configuration stays within the budget.
+
+    The argmax of strengths that are not yet one-hot can cost far less than the budget
+    (E[T] at the budget, every argmax at the cheapest pair). Each round takes the one-step
+    raise (a or w of one layer to its next candidate) that the strengths want most per
+    unit of cost: the strength mass at or above the new bit-width over the added cost.
+    `preference[name]` is (q over table.a_bits, p over table.w_bits). Returns the new
+    configuration and the raises made, in order."""
+    config, raised = dict(config), []
+    while True:
+        best = None
+        for i, n in enumerate(table.names):
+            a, w = config[n]
+            q, p = preference[n]
+            here = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
+            for axis, bits, probs in (("a", table.a_bits, q), ("w", table.w_bits, p)):
+                up = _higher(bits, a if axis == "a" else w)
+                if up is None:
+                    continue
+                cand = (up, w) if axis == "a" else (a, up)
+                extra = table.cost[i, table.a_bits.index(cand[0]), table.w_bits.index(cand[1])] \
+                    - here
+                if table.total({**config, n: cand}) > budget:
+                    continue
+                want = sum(pr for b, pr in zip(bits, probs) if b >= up)
+                score = want / max(extra, 1e-12)
+                if best is None or score > best[0]:
+                    best = (score, n, cand)
+        if best is None:
+            return config, raised
+        _, n, cand = best
+        raised.append({"layer": n, "from": list(config[n]), "to": list(cand)})
+        config[n] = cand
+
+
 def _lower(bits: tuple[int, ...], b: int):
     smaller = [x for x in bits if x < b]
     return max(smaller) if smaller else None
+
+
+def _higher(bits: tuple[int, ...], b: int):
+    larger = [x for x in bits if x > b]
+    return min(larger) if larger else None
 
 
 def feasible_start(mixed_layers: dict, table: CostTable, budget: float,
