@@ -53,7 +53,8 @@ def c_lib(tmp_path_factory):
 
 
 def _variants(lib):
-    return ["scalar"] + (["avx2"] if lib.has_avx2() else [])
+    return ["scalar"] + (["avx2"] if lib.has_avx2() else []) \
+        + (["avx512"] if lib.has_avx512_vpopcntdq() else [])
 
 
 @pytest.mark.parametrize("n", [16, 1000, 4099])
@@ -76,8 +77,10 @@ def test_popcount_loop_all_ones_no_byte_overflow(c_lib):
 def test_roofline_plausible(c_lib):
     roof = rl.measure_roofline()
     assert roof.scalar_gbmacs > 1.0
-    assert roof.best_gbmacs == max(roof.scalar_gbmacs, roof.avx2_gbmacs or 0.0)
+    assert roof.best_gbmacs == max(roof.scalar_gbmacs, roof.avx2_gbmacs or 0.0,
+                                   roof.avx512_gbmacs or 0.0)
     assert (roof.avx2_gbmacs is not None) == bool(c_lib.has_avx2())
+    assert (roof.avx512_gbmacs is not None) == bool(c_lib.has_avx512_vpopcntdq())
     assert roof.cpu and roof.compiler
     # 1 G MACs at a1w1 take 1000/best ms
     assert rl.roofline_ms(10**9, 1, 1, roof) == pytest.approx(1e3 / roof.best_gbmacs)
