@@ -143,3 +143,21 @@ def test_pack_word_needs_channels_multiple_of_8():
     assert peers.pack_word_dtype(64) == "uint64" and peers.pack_word_dtype(16) == "uint16"
     with pytest.raises(ConfigError):
         peers.pack_word_dtype(12)
+
+
+def test_the_faster_of_two_roofline_measurements_is_kept():
+    slow = rl.Roofline(scalar_gbmacs=100.0, avx2_gbmacs=150.0, avx512_gbmacs=None,
+                       best_gbmacs=150.0, cpu="x", compiler="cc")
+    fast = rl.Roofline(scalar_gbmacs=90.0, avx2_gbmacs=200.0, avx512_gbmacs=None,
+                       best_gbmacs=200.0, cpu="x", compiler="cc")
+    both = rl.faster(slow, fast)
+    assert (both.scalar_gbmacs, both.avx2_gbmacs, both.avx512_gbmacs, both.best_gbmacs) == \
+        (100.0, 200.0, None, 200.0)
+    assert rl.faster(fast, slow) == both
+
+
+def test_roofline_words_start_on_a_cache_line():
+    words = np.arange(1, 100, dtype=np.uint64)
+    aligned = rl._cache_line_aligned(words)
+    assert aligned.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(aligned, words)
