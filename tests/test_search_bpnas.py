@@ -45,7 +45,8 @@ def test_bpnas_stays_inside_the_budget_and_returns_a_feasible_configuration(tiny
     assert table.cost.mean(axis=(1, 2)).sum() > budget
     result = run_search(model, tiny_mnist, table, budget, SearchSettings(**SETTINGS),
                         tmp_path / "s.ckpt")
-    assert result["start_expected_cost"] <= 0.85 * budget * (1 + 1e-6)
+    floor = table.minimum()
+    assert result["start_expected_cost"] <= (floor + 0.85 * (budget - floor)) * (1 + 1e-6)
     assert len(result["trajectory"]) == 3
     for epoch in result["trajectory"]:   # the largest E[T] of any strength step
         assert epoch["max_expected_cost"] <= budget
@@ -63,11 +64,18 @@ def test_feasible_start_reaches_the_target_and_leaves_a_feasible_start_alone():
     uniform = expected_cost(mixed, table).item()
     assert feasible_start(mixed, table, 2 * uniform) == pytest.approx(uniform)
     assert all(m.alpha.detach().abs().max().item() == 0 for m in mixed.values())
-    budget = 1.05 * table.minimum()
-    start = feasible_start(mixed, table, budget, target=0.99)
-    assert start <= 0.99 * budget
+    floor = table.minimum()
+    budget = 1.05 * floor
+    start = feasible_start(mixed, table, budget, target=0.5)
+    assert floor < start <= (floor + 0.5 * (budget - floor)) * (1 + 1e-6)
     # tilted towards the cheap candidates: the 1-bit pair leads in every layer
     assert all(m.chosen() == (1, 1) for m in mixed.values())
+    # but not saturated: the strengths still get gradients from the cost
+    for m in mixed.values():
+        m.alpha.grad = m.beta.grad = None
+    expected_cost(mixed, table).backward()
+    assert all(m.alpha.grad.abs().max() > 0 and m.beta.grad.abs().max() > 0
+               for m in mixed.values())
 
 
 def test_prob1_drives_strengths_to_one_hot():

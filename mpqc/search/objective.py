@@ -174,13 +174,17 @@ def _higher(bits: tuple[int, ...], b: int):
 
 def feasible_start(mixed_layers: dict, table: CostTable, budget: float,
                    target: float = 0.85) -> float:
-    """Tilt the strengths towards cheap candidates until E[T] <= target * budget.
+    """Tilt the strengths towards cheap candidates until E[T] is at most the goal
+    min + target * (budget - min), min the cheapest configuration's cost.
 
     A barrier method needs an interior starting point (BP-NAS searches inside the
     feasible domain); uniform strengths average the whole table and can lie outside a
-    tight budget. Logits become -tau * (the candidate's mean cost in the layer,
-    relative to the layer's largest), tau found by bisection; nothing changes when the
-    uniform start is already inside. Returns the E[T] the search starts from."""
+    tight budget. The goal lies strictly between the minimum and the budget: a goal at
+    or below the minimum would saturate the softmax on the cheapest pair, where the
+    strengths get no gradient and the search cannot move. Logits become -tau * (the
+    candidate's mean cost in the layer, relative to the layer's largest), tau found by
+    bisection; nothing changes when the uniform start is already inside. Returns the
+    E[T] the search starts from."""
     layers = [(mixed_layers[n], table.cost[i] / max(float(table.cost[i].max()), 1e-30))
               for i, n in enumerate(table.names)]
 
@@ -191,7 +195,8 @@ def feasible_start(mixed_layers: dict, table: CostTable, budget: float,
                 layer.alpha.copy_(torch.as_tensor(-tau * cost.mean(axis=0), dtype=layer.alpha.dtype))
             return float(expected_cost(mixed_layers, table))
 
-    goal = target * budget
+    floor = table.minimum()
+    goal = floor + target * (budget - floor)
     start = tilt(0.0)
     if start <= goal:
         return start
