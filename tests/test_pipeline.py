@@ -95,9 +95,16 @@ def test_killed_in_search_resumes_and_ends_with_a_verified_library(tmp_path):
     assert summary["verified_exact"] is True
     assert summary["ok"] is summary["within_budget"]
     assert done.returncode == (0 if summary["ok"] else 1)
+    # a --budget-ratio is decided by the ratio to the uniform 2x2 library timed alongside
+    same_run = summary["same_run"]
+    assert summary["budget_check"] == "same-run ratio" and same_run["budget_ratio"] == 0.6
+    assert same_run["reference"] == "uniform 2x2" and (work / same_run["reference_library"]).is_file()
+    assert same_run["ratio"] == pytest.approx(same_run["library_ms"] / same_run["reference_ms"],
+                                              rel=0.5)
+    assert summary["within_budget"] is (same_run["ratio"] <= 0.6)
+    assert summary["within_budget_ms"] is (summary["measured_ms"] <= summary["budget_ms"])
     if not summary["ok"]:
-        assert summary["measured_ms"] > summary["budget_ms"]
-        assert "exceeds the budget" in done.stdout + done.stderr
+        assert "exceeds the budget ratio" in done.stdout + done.stderr
     assert summary["measured_ms"] > 0 and summary["ort_int8_ms"] > 0
     assert summary["predicted_ms"] <= summary["budget_ms"]
     assert Path(summary["so_path"]).is_file() and Path(summary["manifest_path"]).is_file()
