@@ -93,9 +93,10 @@ Steps:
               help="Kernel variants from `mpqc tune` for measurement and build.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
-                 budget_ratio, workdir, from_step, until_step, method, gamma_max, spend_slack, bits, baselines, epochs,
-                 finetune_epochs, fp32_epochs, subset, batch_size, seed, threads, random_shapes,
-                 repeats, rpc_tracker, rpc_key, tuning_log, quiet):
+                 budget_ratio, workdir, from_step, until_step, method, gamma_max, spend_slack,
+                 bits, baselines, epochs, finetune_epochs, fp32_epochs, subset, batch_size,
+                 seed, threads, random_shapes, repeats, rpc_tracker, rpc_key, tuning_log,
+                 quiet):
     import json
     import time
 

@@ -254,13 +254,13 @@ def _same_run_ratio(cfg, ws, rounds: int = 5) -> dict:
     """A budget given as a ratio of the uniform configuration at the largest bits, checked
     as a ratio: that uniform library is built too and both are timed in alternating
     rounds. A shared machine's speed drifts between the measure step and this one (seen:
-    1.5x within minutes); a ratio timed in one run does not."""
+    1.3-1.5x within seconds); a ratio timed in one run does not."""
     from statistics import median
 
     from mpqc import runtime
     from mpqc.build.compile import compile_library
     from mpqc.build.network import NetworkSpec
-    from mpqc.search.driver import candidate_bits, SearchRequest
+    from mpqc.search.driver import SearchRequest, candidate_bits
     top = max(candidate_bits(SearchRequest(model=cfg.model, data=cfg.data, out=ws.search,
                                            bits=cfg.bits)))
     search = _read_json(ws.search)
@@ -291,8 +291,8 @@ def run_report(cfg, ws):
 
 # --- the list ---------------------------------------------------------------------------
 _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
-                   "method", "gamma_max", "spend_slack", "bits", "baselines", "epochs", "finetune_epochs", "fp32_epochs",
-                   "subset", "batch_size", "seed", "threads")
+                   "method", "gamma_max", "spend_slack", "bits", "baselines", "epochs",
+                   "finetune_epochs", "fp32_epochs", "subset", "batch_size", "seed", "threads")
 
 
 def _user_files(cfg):
