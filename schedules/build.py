@@ -34,13 +34,9 @@ def bitpack_prim_func(spec: ConvSpec, name: str = "bitpack") -> tvm.tirx.PrimFun
     func = te.create_prim_func([codes, planes]).with_attr("global_symbol", name)
     sch = s_tir.Schedule(func)
     block = sch.get_sblock(PACK)
-    n, h, w, i, cw, k = sch.get_loops(block)
+    n, h, w, i, cw, g = sch.get_loops(block)
     sch.parallel(sch.fuse(n, h))
-    # Unrolled, the channel reduction becomes straight-line shifts and ORs that LLVM
-    # vectorizes; rolled, a 32-bit word packs up to 25x slower. A full 64-bit word is
-    # the exception: its rolled loop vectorizes well and unrolling it spills.
-    if spec.word_bits <= 32 or spec.cin < spec.word_bits:
-        sch.unroll(k)
+    sch.unroll(g)   # at most 8 groups of 8 channels: straight-line loads, multiplies, ORs
     return sch.mod["main"].with_attr("global_symbol", name)
 
 

@@ -168,12 +168,14 @@ def test_dense_exact(a_bits, w_bits):
 
 
 @pytest.mark.parametrize("word", [8, 16, 32, 64])
-def test_bitpack_kernel_matches_reference(word):
-    rng = np.random.default_rng(word)
-    spec = ConvSpec(2, 5, 6, 21, 8, 3, 1, 1, 3, 2, word_bits=word)
-    x = rng.integers(0, 8, (2, 5, 6, 21)).astype(np.uint8)
+@pytest.mark.parametrize("cin, a", [(21, 3), (64, 8), (16, 1), (3, 2), (136, 5)])
+def test_bitpack_kernel_matches_reference(word, cin, a):
+    """Channel counts that fill the words, fill whole bytes only, or neither."""
+    rng = np.random.default_rng(word + cin)
+    spec = ConvSpec(2, 5, 6, cin, 8, 3, 1, 1, a, 2, word_bits=word)
+    x = rng.integers(0, 1 << a, (2, 5, 6, cin)).astype(np.uint8)
     expected = ref.pack_activations(x, spec)
-    assert expected.shape == (2, 7, 8, 3, spec.words)
+    assert expected.shape == (2, 7, 8, a, spec.words)
     out = tvm.runtime.tensor(np.zeros_like(expected), DEV)
     build_bitpack(spec, HOST)["main"](tvm.runtime.tensor(x, DEV), out)
     np.testing.assert_array_equal(out.numpy(), expected)
