@@ -30,6 +30,10 @@ import click
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--fp32-epochs", default=2, show_default=True,
               help="fp32 training epochs when no --weights are given.")
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Adam learning rate of the weights in the search and the fine-tuning "
+                   "(a pretrained network at 1-2 bits may need 1e-4: at 1e-3 ResNet-20 "
+                   "with 1-bit weights or activations collapses to a constant output).")
 @click.option("--lam", type=float, default=1.0, show_default=True, help="EBS cost weight.")
 @click.option("--mu", type=float, default=0.01, show_default=True, help="BP-NAS barrier weight.")
 @click.option("--gamma", "gamma_max", type=float, default=0.05, show_default=True,
@@ -47,7 +51,7 @@ import click
               help="Result JSON; the checkpoint (resume) and the fine-tuned model go beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
-               budget_ratio, method, bits, uniform, epochs, finetune_epochs, fp32_epochs, lam, mu,
+               budget_ratio, method, bits, uniform, epochs, finetune_epochs, fp32_epochs, lr, lam, mu,
                gamma_max, clip_k, spend_slack, subset, batch_size, seed, threads, out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
@@ -87,13 +91,15 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
                         ("--finetune-epochs", finetune_epochs), ("--fp32-epochs", fp32_epochs)):
         if value < 0:
             raise click.BadParameter("must not be negative", param_hint=name)
+    if lr <= 0:
+        raise click.BadParameter("must be positive", param_hint="--lr")
     request = SearchRequest(model=model_spec, data=data_spec, out=Path(out_path), weights=weights,
                             target=target_name, cost=cost, latency_model=latency_model,
                             budget_ms=budget_ms, budget_ratio=budget_ratio, bits=bits,
                             uniform=uniform_pair, subset=subset, threads=threads)
     candidate_bits(request)  # bits outside 1..8 fail before any data is read
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
-                              fp32_epochs=fp32_epochs, batch_size=batch_size, lam=lam, mu=mu,
+                              fp32_epochs=fp32_epochs, batch_size=batch_size, lr=lr, lam=lam, mu=mu,
                               gamma_max=gamma_max, clip_k=clip_k or None,
                               spend_slack=spend_slack, seed=seed,
                               progress=not quiet)
@@ -124,6 +130,10 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
 @click.option("--epochs", default=2, show_default=True)
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--fp32-epochs", default=2, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Adam learning rate of the weights in the search and the fine-tuning "
+                   "(a pretrained network at 1-2 bits may need 1e-4: at 1e-3 ResNet-20 "
+                   "with 1-bit weights or activations collapses to a constant output).")
 @click.option("--subset", type=int, default=None)
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -131,7 +141,7 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
               help="One search JSON per run, sweep.json and pareto.png go here.")
 @click.pass_context
 def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, budget_ratios,
-              uniform_pairs, method, bits, epochs, finetune_epochs, fp32_epochs, subset,
+              uniform_pairs, method, bits, epochs, finetune_epochs, fp32_epochs, lr, subset,
               batch_size, seed, out_dir):
     """Search at several budgets and train uniform baselines; draw the Pareto plot.
 
@@ -150,7 +160,7 @@ def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, b
     common = dict(model_spec=model_spec, weights=weights, data_spec=data_spec,
                   target_name=target_name, cost=None, latency_model=latency_model,
                   budget_ms=None, method=method, bits=bits, epochs=epochs,
-                  finetune_epochs=finetune_epochs, fp32_epochs=fp32_epochs, subset=subset,
+                  finetune_epochs=finetune_epochs, fp32_epochs=fp32_epochs, lr=lr, subset=subset,
                   batch_size=batch_size, seed=seed, threads=1, quiet=True)  # others: defaults
     runs = [(f"{method} {r:g}", "searched", dict(budget_ratio=r, uniform=None),
              out / f"search-{r:g}.json") for r in ratios]

@@ -231,3 +231,10 @@ def test_sweep_writes_points_and_the_pareto_plot(tmp_path):
     assert searched["predicted"] <= searched["budget"]
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "uniform-2x2.json").read_text())["layers"][0]["a"] == 2
+
+
+def test_search_cli_takes_the_learning_rate(tmp_path):
+    base = ["search", "--model", "democnn", "--data", "mnist", "--subset", "200",
+            "--budget-ratio", "0.5", "--out", tmp_path / "s.json", "--quiet"]
+    out = run(*base, "--lr", "0")
+    assert out.exit_code == 2 and "--lr" in out.output
