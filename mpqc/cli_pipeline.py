@@ -67,6 +67,9 @@ Steps:
 @click.option("--gamma", "gamma_max", type=float, default=0.05, show_default=True,
               help="BP-NAS Prob-1 weight reached at the end of the search (annealed from 0); "
                    "larger makes the strengths one-hot sooner.")
+@click.option("--lr", type=float, default=1e-3, show_default=True,
+              help="Adam rate of the weights in search and fine-tuning (1e-4 for a "
+                   "pretrained network searched at 1-2 bits).")
 @click.option("--spend-slack/--argmax-only", default=True, show_default=True,
               help="After the argmax, raise the bits the strengths want most per unit of "
                    "cost while the configuration stays within the budget.")
@@ -93,7 +96,7 @@ Steps:
               help="Kernel variants from `mpqc tune` for measurement and build.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
-                 budget_ratio, workdir, from_step, until_step, method, gamma_max, spend_slack,
+                 budget_ratio, workdir, from_step, until_step, method, gamma_max, lr, spend_slack,
                  bits, baselines, epochs, finetune_epochs, fp32_epochs, subset, batch_size,
                  seed, threads, random_shapes, repeats, rpc_tracker, rpc_key, tuning_log,
                  quiet):
@@ -106,7 +109,7 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
     cfg = PipelineConfig(model=model_spec, data=data_spec, weights=weights,
                          input_shape=_parse_shape(input_shape), target=target_name,
                          budget_ms=budget_ms, budget_ratio=budget_ratio, method=method,
-                         gamma_max=gamma_max, spend_slack=spend_slack,
+                         gamma_max=gamma_max, lr=lr, spend_slack=spend_slack,
                          bits=bits, epochs=epochs, finetune_epochs=finetune_epochs,
                          fp32_epochs=fp32_epochs, subset=subset, batch_size=batch_size,
                          seed=seed, threads=threads, random_shapes=random_shapes,

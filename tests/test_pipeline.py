@@ -140,6 +140,7 @@ def _run(*args):
     (["--data", "cifar10:/nonexistent/cifar"], "/nonexistent/cifar"),
     (["--bits", "1,9"], "9"),
     (["--budget-ratio", "-1"], "must be positive"),
+    (["--lr", "0"], "--lr 0.0 must be positive"),
     (["--from-step", "verify", "--until-step", "measure"], "comes after"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, change, message):

@@ -25,6 +25,8 @@ def preflight(cfg: PipelineConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {value} must be positive")
     if cfg.method not in METHODS:
         raise ConfigError(f"method {cfg.method!r} is not one of {', '.join(METHODS)}")
+    if not cfg.lr > 0:
+        raise ConfigError(f"--lr {cfg.lr} must be positive")
     for name in ("epochs", "finetune_epochs", "fp32_epochs", "random_shapes", "gamma_max"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")

@@ -143,7 +143,7 @@ def _settings(cfg):
     return SearchSettings(method=cfg.method, epochs=cfg.epochs,
                           finetune_epochs=cfg.finetune_epochs, fp32_epochs=cfg.fp32_epochs,
                           batch_size=cfg.batch_size, gamma_max=cfg.gamma_max,
-                          spend_slack=cfg.spend_slack, seed=cfg.seed,
+                          spend_slack=cfg.spend_slack, lr=cfg.lr, seed=cfg.seed,
                           progress=cfg.progress)
 
 
@@ -291,7 +291,7 @@ def run_report(cfg, ws):
 
 # --- the list ---------------------------------------------------------------------------
 _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
-                   "method", "gamma_max", "spend_slack", "bits", "baselines", "epochs",
+                   "method", "gamma_max", "spend_slack", "lr", "bits", "baselines", "epochs",
                    "finetune_epochs", "fp32_epochs", "subset", "batch_size", "seed", "threads")
 
 
