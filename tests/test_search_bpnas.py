@@ -13,7 +13,7 @@ from mpqc.cli import main
 from mpqc.data import load_dataset, subset
 from mpqc.errors import ConfigError
 from mpqc.models import build_model, describe_layers
-from mpqc.search import bitops_table, expected_cost, prob1_regularizer
+from mpqc.search import CostTable, bitops_table, expected_cost, prob1_regularizer
 from mpqc.search.loop import SearchSettings, run_search
 from mpqc.search.objective import feasible_start
 from mpqc.supernet import is_mixed, make_supernet
@@ -229,3 +229,32 @@ def test_a_strength_step_never_carries_the_expected_cost_across_the_budget(tiny_
     import mpqc.search.loop as loop
     monkeypatch.setattr(loop, "_stay_inside", lambda *args, **kwargs: None)
     assert peak(tmp_path / "b.ckpt") > 1.0      # what the backtracking prevents
+
+
+def test_an_outward_step_at_the_budget_moves_along_it_instead_of_freezing():
+    """At E[T] = budget a step that raises one layer's bits and lowers another's, but
+    raises E[T] overall, keeps its trade (projected onto the budget surface)."""
+    from mpqc.search.loop import _stay_inside
+    torch.manual_seed(0)
+    layers = {"a": make_supernet_layer(), "b": make_supernet_layer()}
+    cost = np.array([[[a * w for w in (1, 2, 3, 4)] for a in (1, 2, 3, 4)]] * 2, float)
+    table = CostTable(("a", "b"), (1, 2, 3, 4), (1, 2, 3, 4), cost, "GBitOPs")
+    strengths = [p for m in layers.values() for p in (m.alpha, m.beta)]
+    before = [p.detach().clone() for p in strengths]
+    budget = float(expected_cost(layers, table))       # exactly at the budget
+    up = torch.tensor([-0.3, -0.1, 0.1, 0.3])          # towards more bits
+    with torch.no_grad():                              # layer a up a lot, b down a little
+        layers["a"].alpha.add_(up)
+        layers["a"].beta.add_(up)
+        layers["b"].alpha.sub_(0.5 * up)
+        layers["b"].beta.sub_(0.5 * up)
+    assert float(expected_cost(layers, table)) > budget
+    _stay_inside(strengths, before, layers, table, budget)
+    assert float(expected_cost(layers, table)) <= budget
+    moved = [float((p - b).abs().max()) for p, b in zip(strengths, before)]
+    assert min(moved) > 1e-3                           # not undone: the trade survives
+    # layer a still got more bits than it had, paid for by layer b
+    q, p = layers["a"].probabilities()
+    q0, p0 = torch.softmax(before[1], 0), torch.softmax(before[0], 0)
+    bits = torch.tensor([1.0, 2, 3, 4])
+    assert float(p @ bits) > float(p0 @ bits)

@@ -195,23 +195,56 @@ def _preferences(mixed, table) -> dict:
     return prefs
 
 
+INWARD_TILT = 0.1   # of a projected step's length, along -grad E[T]
+
+
 def _stay_inside(strengths, before, mixed, table, budget, halvings: int = 8) -> None:
-    """Backtracking of an interior-point method: a strength step that would carry E[T]
-    from inside the budget across it is halved until it stays inside (or undone). Adam's
-    normalised steps can jump over a barrier however steep it is."""
+    """Keep a strength step inside the budget (gradient projection + backtracking).
+
+    Adam's normalised steps jump over a barrier however steep it is. A step that would
+    carry E[T] across the budget loses its component along the gradient of E[T] (what
+    raises the cost), so it moves along the budget surface: bits traded between layers,
+    E[T] kept to first order (plus a slight inward tilt). Whatever still crosses is halved until it stays inside, or
+    undone. Undoing alone froze the strengths once E[T] reached the budget: the task
+    loss points every step outwards there."""
+    if float(_cost_at(strengths, None, mixed, table)) <= budget:
+        return
     with torch.no_grad():
-        if float(expected_cost(mixed, table)) <= budget:
-            return
         after = [p.detach().clone() for p in strengths]
-        scale = 1.0
-        for _ in range(halvings):
-            scale /= 2
-            for p, b, a in zip(strengths, before, after):
-                p.copy_(b + scale * (a - b))
-            if float(expected_cost(mixed, table)) <= budget:
-                return
+        steps = [a - b for a, b in zip(after, before)]
         for p, b in zip(strengths, before):
             p.copy_(b)
+    with torch.enable_grad():   # the gradient of E[T] where the step started
+        grads = torch.autograd.grad(expected_cost(mixed, table), strengths, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(strengths, grads)]
+    with torch.no_grad():
+        norm2 = sum(float((g * g).sum()) for g in grads)
+        along = sum(float((d * g).sum()) for d, g in zip(steps, grads))
+        if norm2 > 0:
+            # drop the outward part, then tilt inwards a little: E[T] is not linear in the
+            # strengths, so a step exactly along the surface can still end outside it
+            outward = max(along, 0.0) / norm2
+            tangent = [d - outward * g for d, g in zip(steps, grads)]
+            size = sum(float((t * t).sum()) for t in tangent) ** 0.5
+            inward = INWARD_TILT * size / norm2 ** 0.5
+            steps = [t - inward * g for t, g in zip(tangent, grads)]
+        scale = 1.0
+        for _ in range(halvings + 1):
+            if float(_cost_at(strengths, [b + scale * d for b, d in zip(before, steps)],
+                              mixed, table)) <= budget:
+                return
+            scale /= 2
+        for p, b in zip(strengths, before):
+            p.copy_(b)
+
+
+def _cost_at(strengths, values, mixed, table) -> float:
+    """E[T] with the strengths set to `values` (left there); None: as they are."""
+    with torch.no_grad():
+        if values is not None:
+            for p, v in zip(strengths, values):
+                p.copy_(v)
+        return float(expected_cost(mixed, table))
 
 
 def _uniform_epochs(model, pair, calib, train, val, table, settings, state, ckpt, world):
