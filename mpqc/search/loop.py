@@ -204,9 +204,9 @@ def _stay_inside(strengths, before, mixed, table, budget, halvings: int = 8) -> 
     Adam's normalised steps jump over a barrier however steep it is. A step that would
     carry E[T] across the budget loses its component along the gradient of E[T] (what
     raises the cost), so it moves along the budget surface: bits traded between layers,
-    E[T] kept to first order (plus a slight inward tilt). Whatever still crosses is halved until it stays inside, or
-    undone. Undoing alone froze the strengths once E[T] reached the budget: the task
-    loss points every step outwards there."""
+    E[T] kept to first order (plus a slight inward tilt). Whatever still crosses is
+    halved until it stays inside, or undone. Undoing alone froze the strengths once E[T]
+    reached the budget: the task loss points every step outwards there."""
     if float(_cost_at(strengths, None, mixed, table)) <= budget:
         return
     with torch.no_grad():
