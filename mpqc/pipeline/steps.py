@@ -260,9 +260,8 @@ def _same_run_ratio(cfg, ws, rounds: int = 5) -> dict:
     from mpqc import runtime
     from mpqc.build.compile import compile_library
     from mpqc.build.network import NetworkSpec
-    from mpqc.search.driver import SearchRequest, candidate_bits
-    top = max(candidate_bits(SearchRequest(model=cfg.model, data=cfg.data, out=ws.search,
-                                           bits=cfg.bits)))
+    from mpqc.latency.space import parse_bits
+    top = max(parse_bits(cfg.bits))   # the searched bits (baselines may add others)
     search = _read_json(ws.search)
     spec = NetworkSpec(model=cfg.model, weights=search["fp32_weights"], data=cfg.data,
                        config=f"uniform:{top},{top}", input_shape=tuple(cfg.input_shape or ()))
