@@ -165,6 +165,22 @@ class ConvSpec:
         return ((1 << self.a_bits) - 1) * w_max * self.kernel ** 2 * self.cin
 
     @property
+    def popcount_bound(self) -> int:
+        """Largest popcount accumulator (before the weight offset): every bit set."""
+        channels = self.words * self.word_bits
+        return ((1 << self.a_bits) - 1) * ((1 << self.w_bits) - 1) * self.kernel ** 2 * channels
+
+    @property
+    def acc_dtype(self) -> str:
+        """Popcount accumulator: the word's own lane width where the bound fits (no
+        widening per popcount: a 16-channel layer adds 16-bit lanes, 32 per zmm), wider
+        where it does not; at least 16 bits."""
+        bits = max(self.word_bits, 16)
+        while bits < 64 and self.popcount_bound >= 1 << (bits - 1):
+            bits *= 2
+        return f"int{bits}"
+
+    @property
     def int32_mul_bound(self) -> int:
         """Largest mul_bound for which the requantization fits int32 arithmetic:
         (|acc| + 255) * mul_bound + 2^30 < 2^31."""

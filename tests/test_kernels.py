@@ -68,6 +68,18 @@ def test_conv_int32_every_pair_exact(a_bits, w_bits):
         np.testing.assert_array_equal(got, expected, err_msg=spec.name)
 
 
+@pytest.mark.parametrize("a_bits,w_bits,acc_dtype", [(4, 4, "int16"), (5, 4, "int32"), (1, 1, "int16")])
+def test_narrow_accumulator_exact_at_its_bound(a_bits, w_bits, acc_dtype):
+    """16 channels in 16-bit words accumulate in 16-bit lanes where the bound fits: every
+    code at its maximum (every popcount bit set) must reach the bound without overflow."""
+    spec = ConvSpec(1, 6, 6, 16, 16, 3, 1, 0, a_bits, w_bits, word_bits=16)
+    assert spec.acc_dtype == acc_dtype
+    assert spec.popcount_bound == ((1 << a_bits) - 1) * ((1 << w_bits) - 1) * 9 * 16
+    x = np.full((1, 6, 6, 16), (1 << a_bits) - 1, np.uint8)
+    w = np.full((3, 3, 16, 16), 1 if w_bits == 1 else (1 << (w_bits - 1)) - 1)
+    np.testing.assert_array_equal(run_conv(spec, x, w), ref.conv_int(x, w, spec))
+
+
 def test_padding_does_not_change_results():
     """Extreme codes at the border: padded pixels must count as code 0."""
     rng = np.random.default_rng(1)

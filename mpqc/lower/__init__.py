@@ -47,7 +47,8 @@ def lower(model, input_shape, target, batch: int = 1, tuning_log=None) -> Lowere
     from mpqc.lower.relax_emit import Emitter
 
     program = lower_to_program(model, input_shape, target, batch=batch)
-    emitter = Emitter(program, kernel_variants(target, tuning_log))
+    emitter = Emitter(program, kernel_variants(target, tuning_log),
+                      float_lanes=max(target.simd_bits // 32, 1))
     return Lowered(program, emitter.module(), target, emitter.variants)
 
 

@@ -4,7 +4,9 @@ Quantized layers are `call_tir` of the project's bit-serial prim funcs (bitpack 
 input codes, then the fused convolution + epilogue) with weights quantized, offset and
 bit-packed once, as constants. The glue is Relax ops that the default pipeline fuses:
 - the input quantizer and the 8-bit first/last layers compute in float32 on integer
-  codes (exact: every partial sum is an integer below 2^24, checked at lowering);
+  codes (exact: every partial sum is an integer below 2^24, checked at lowering); in
+  `main`, an 8-bit convolution followed only by its requantization is one scheduled
+  prim func (schedules/direct.py), which the default pipeline would leave unscheduled;
 - requantization and pooling compute in int64 (integer, so exact by construction);
 - option-A shortcuts are a strided slice and a channel pad of uint8 codes;
 - the logits are float32.
@@ -21,6 +23,7 @@ from mpqc.errors import BuildError
 from mpqc.lower.program import Op, Program
 from mpqc.schedules import reference as kernels
 from mpqc.schedules.build import bitpack_prim_func, conv_prim_func
+from mpqc.schedules.direct import DirectConv, direct_conv_prim_func
 
 OPAQUE = 8  # op_pattern: passes must not fuse into the bit-serial kernels
 
@@ -38,9 +41,10 @@ def _scalar(value, dtype: str):
 
 
 class Emitter:
-    def __init__(self, program: Program, knobs_for):
+    def __init__(self, program: Program, knobs_for, float_lanes: int = 8):
         self.program = program
         self.knobs_for = knobs_for      # spec -> (spec with word, Knobs)
+        self.float_lanes = float_lanes  # float32 lanes of the target's vectors
         self.bb = relax.BlockBuilder()
         self.funcs: dict[str, relax.GlobalVar] = {}
         self.weights: dict[str, relax.Constant] = {}
@@ -56,10 +60,20 @@ class Emitter:
         p = self.program
         x = relax.Var("images", _ty(p.values[p.input].shape, "float32"))
         bb = self.bb
+        # `debug` returns every op's output, so only `main` fuses ops
+        fused = self._direct_pairs() if name == "main" else {}
+        skipped = {requant.output for requant in fused.values()}
         with bb.function(name, [x]):
             with bb.dataflow():
                 env = {p.input: x}
                 for op in p.ops:
+                    if op.output in skipped:
+                        continue
+                    if op.name in fused:
+                        requant = fused[op.name]
+                        env[requant.output] = bb.emit(self._direct_conv(op, requant, env),
+                                                      requant.name.replace(".", "_"))
+                        continue
                     env[op.output] = bb.emit(getattr(self, f"_{op.kind}")(op, env),
                                              op.name.replace(".", "_"))
                 result = env[outputs[0]] if len(outputs) == 1 and name == "main" else \
@@ -77,7 +91,38 @@ class Emitter:
     def _emit(self, expr):
         return self.bb.emit(expr)
 
+    def _direct_pairs(self) -> dict[str, Op]:
+        """8-bit convolutions whose only consumer is a plain requantization."""
+        p = self.program
+        consumers: dict[int, list[Op]] = {}
+        for op in p.ops:
+            for i in op.inputs:
+                consumers.setdefault(i, []).append(op)
+        pairs = {}
+        for op in p.ops:
+            users = consumers.get(op.output, [])
+            if (op.kind == "conv" and op.params["impl"] == "relax" and not op.params["linear"]
+                    and op.output != p.output and len(users) == 1
+                    and users[0].kind == "requant" and users[0].inputs == [op.output]
+                    and p.values[op.inputs[0]].dtype in ("int8", "uint8")):
+                pairs[op.name] = users[0]
+        return pairs
+
     # ---------------------------------------------------------------- ops
+    def _direct_conv(self, conv_op: Op, requant: Op, env):
+        spec, q = conv_op.params["spec"], requant.params
+        direct = DirectConv(spec.n, spec.h, spec.w, spec.cin, spec.cout, spec.kernel,
+                            spec.stride, spec.padding,
+                            self.program.values[conv_op.inputs[0]].dtype, int(q["shift"]),
+                            int(q["out_bits"]))
+        safe = conv_op.name.replace(".", "_")
+        func = self._prim(f"direct_{safe}",
+                          lambda: direct_conv_prim_func(direct, self.float_lanes, f"direct_{safe}"))
+        args = [env[conv_op.inputs[0]], _const(conv_op.params["weights"], "float32"),
+                _const(q["mul"], "int64"), _const(q["add"], "int64")]
+        return relax.call_tir(func, args, _ty((spec.n, direct.out_h, direct.out_w, spec.cout),
+                                              "uint8"))
+
     def _quantize_input(self, op: Op, env):
         p = op.params
         x = self._emit(relax.op.permute_dims(env[op.inputs[0]], [0, 2, 3, 1]))
@@ -187,10 +232,10 @@ class Emitter:
         return v
 
 
-def emit_module(program: Program, knobs_for) -> tvm.IRModule:
+def emit_module(program: Program, knobs_for, float_lanes: int = 8) -> tvm.IRModule:
     """The Relax module of a Program: `main` (logits) and `debug` (every op's output)."""
     try:
-        return Emitter(program, knobs_for).module()
+        return Emitter(program, knobs_for, float_lanes).module()
     except BuildError:
         raise
     except Exception as exc:  # TVM's own errors: name where the emission stopped
