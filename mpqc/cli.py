@@ -328,9 +328,11 @@ def bench_kernels_cmd(target_name, shape_names, bit_pairs, threads, repeats, tun
     """Time mpqc bit-serial convs against torch fp32, onnxruntime fp32/int8, untuned
     TVM topi bit-serial and the measured popcount roofline of this CPU.
 
-    The roofline is a C loop of AND + popcount over L1-resident words (scalar popcnt
-    and AVX2 nibble lookup, the better one), built with the system compiler at
-    -O3 -march=native, scaled by a*w*MACs. Medians of repeats after warm-up.
+    The roofline is a C loop of AND + popcount over L1-resident, cache-line aligned
+    words (scalar popcnt, AVX2 nibble lookup and, where the CPU has it, AVX-512
+    VPOPCNTDQ: the fastest one), built with the system compiler at -O3 -march=native,
+    measured before and after the kernels (the faster kept), scaled by a*w*MACs.
+    Medians of repeats after warm-up.
     """
     from tqdm import tqdm
 

@@ -69,7 +69,10 @@ def compile_relax(module, target):
     from mpqc.targets import tvm_target
     tt = tvm_target(target)
     try:
-        return tvm.compile(module, tt, relax_pipeline=relax.get_default_pipeline(tt))
+        # "compiled": the VM's calls become generated C instead of interpreted bytecode;
+        # ResNet-20 at 1 bit has ~80 calls per image, and this saves ~7% of its time
+        return relax.build(module, tt, relax_pipeline=relax.get_default_pipeline(tt),
+                           exec_mode="compiled")
     except Exception as exc:  # TVM raises many error types
         raise BuildError(f"compiling the network for target {target.name} failed: "
                          f"{last_line(exc)}") from exc
