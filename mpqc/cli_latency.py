@@ -52,9 +52,10 @@ def _layers(model_spec: str, input_shape: str | None):
                    "VM): compile --model at the smallest and the largest uniform pair, time "
                    "each library and its kernels; costs two network compiles. Default: on "
                    "for --model on this machine, off over RPC (not supported there).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, seed, bits,
                 a_bits, w_bits, threads, repeats, tuning_log, rpc_tracker, rpc_key, workers,
-                emulated, glue):
+                emulated, glue, quiet):
     """Measure bit-serial layers on a target into a latency database.
 
     Each (layer shape, a, w) is built with the schedules the library uses, then timed
@@ -94,7 +95,8 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
         glue = space == "model" and device is None
     if glue and device is not None:
         raise click.UsageError("--glue is timed on this machine only; over RPC pass --no-glue")
-    bar = tqdm(total=len(jobs), unit="kernel", desc=f"measure {target.name}", file=sys.stderr)
+    bar = tqdm(total=len(jobs), unit="kernel", desc=f"measure {target.name}", file=sys.stderr,
+               disable=quiet)
 
     def progress(record):
         bar.update(1)

@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from mpqc.cli_options import gamma_option, lr_option, spend_slack_option
+
 from mpqc.pipeline.steps import STEP_NAMES, STEPS
 
 
@@ -64,15 +66,9 @@ Steps:
 @click.option("--until-step", type=click.Choice(STEP_NAMES), default=None,
               help="Stop after this step.")
 @click.option("--method", type=click.Choice(["ebs", "bpnas"]), default="bpnas", show_default=True)
-@click.option("--gamma", "gamma_max", type=float, default=0.05, show_default=True,
-              help="BP-NAS Prob-1 weight reached at the end of the search (annealed from 0); "
-                   "larger makes the strengths one-hot sooner.")
-@click.option("--lr", type=float, default=1e-3, show_default=True,
-              help="Adam rate of the weights in search and fine-tuning (1e-4 for a "
-                   "pretrained network searched at 1-2 bits).")
-@click.option("--spend-slack/--argmax-only", default=True, show_default=True,
-              help="After the argmax, raise the bits the strengths want most per unit of "
-                   "cost while the configuration stays within the budget.")
+@gamma_option
+@lr_option
+@spend_slack_option
 @click.option("--bits", default="1,2,3,4", show_default=True, help="Candidate bit-widths (a and w).")
 @click.option("--baseline", "baselines", multiple=True, metavar="A,W",
               help="Uniform baseline for the Pareto plot (repeatable; 'none' for none). "

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mpqc.cli_options import gamma_option, lr_option, spend_slack_option
+
 
 @click.command("search")
 @click.option("--model", "model_spec", required=True, help="resnet20, democnn or pkg.mod:fn.")
@@ -30,19 +32,13 @@ import click
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--fp32-epochs", default=2, show_default=True,
               help="fp32 training epochs when no --weights are given.")
-@click.option("--lr", type=float, default=1e-3, show_default=True,
-              help="Adam learning rate of the weights in the search and the fine-tuning "
-                   "(a pretrained network at 1-2 bits may need 1e-4: at 1e-3 ResNet-20 "
-                   "with 1-bit weights or activations collapses to a constant output).")
+@lr_option
 @click.option("--lam", type=float, default=1.0, show_default=True, help="EBS cost weight.")
 @click.option("--mu", type=float, default=0.01, show_default=True, help="BP-NAS barrier weight.")
-@click.option("--gamma", "gamma_max", type=float, default=0.05, show_default=True,
-              help="BP-NAS Prob-1 weight reached at the end of the search (annealed from 0).")
+@gamma_option
 @click.option("--clip-k", type=float, default=3.0, show_default=True,
               help="Scale-clip: weights clipped to +-k mean|W| in the supernet (0: off).")
-@click.option("--spend-slack/--argmax-only", default=True, show_default=True,
-              help="After the argmax, raise the bits the strengths want most per unit of "
-                   "cost while the configuration stays within the budget.")
+@spend_slack_option
 @click.option("--subset", type=int, default=None, help="Use N training images (and N/5 val/test).")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -130,10 +126,7 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
 @click.option("--epochs", default=2, show_default=True)
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--fp32-epochs", default=2, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True,
-              help="Adam learning rate of the weights in the search and the fine-tuning "
-                   "(a pretrained network at 1-2 bits may need 1e-4: at 1e-3 ResNet-20 "
-                   "with 1-bit weights or activations collapses to a constant output).")
+@lr_option
 @click.option("--subset", type=int, default=None)
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)

@@ -16,12 +16,14 @@ def run(*args):
 def test_measure_fit_predict(tmp_path):
     db, model = tmp_path / "lat.jsonl", tmp_path / "lm.json"
     out = run("measure", "--space", "random", "--count", "8", "--bits", "1,2", "--repeats",
-              "3", "--db", db)
+              "3", "--db", db, "--quiet")
     assert out.exit_code == 0, out.output
     assert "8 measured, 0 already in" in out.output
+    assert "kernel/s" not in out.output and "measure host" not in out.output  # no bar
     assert len(read_db(db)) == 8
     out = run("measure", "--model", "democnn", "--bits", "1", "--repeats", "3", "--db", db)
     assert out.exit_code == 0, out.output
+    assert "measure host" in out.output  # the progress bar
     out = run("fit", "--db", db, "--out", model, "--json")
     assert out.exit_code == 0, out.output
     metrics = json.loads(out.output)
