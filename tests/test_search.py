@@ -86,6 +86,29 @@ def test_expected_cost_and_repair(resnet_supernet):
         repair_to_budget(fixed, table, table.minimum() * 0.99)
 
 
+def test_repair_drops_what_the_strengths_want_least_per_cost_saved():
+    names = ("big", "small")
+    # "big" saves the most per drop; its strengths want 4-bit activations, "small"'s do not
+    cost = np.array([[[6.0, 6.5], [8.0, 8.5]], [[1.0, 1.2], [2.0, 2.2]]])  # a x w in (1, 4)
+    table = CostTable(names, (1, 4), (1, 4), cost, "ms", offset=0.0)
+    start = {"big": (4, 4), "small": (4, 4)}
+    prefs = {"big": ([0.05, 0.95], [0.5, 0.5]), "small": ([0.6, 0.4], [0.5, 0.5])}
+    budget = table.total(start) - 1.0          # one drop of "small"'s a is enough
+    naive = repair_to_budget(start, table, budget)
+    assert naive["big"] == (1, 4)               # largest saving first
+    guided = repair_to_budget(start, table, budget, prefs)
+    assert guided == {"big": (4, 4), "small": (1, 4)}
+    assert table.total(guided) <= budget
+
+
+def test_repair_meets_the_budget_on_a_non_monotone_table():
+    """Noise can make the lower pair cost more: no one-step drop saves anything."""
+    cost = np.array([[[3.5, 2.0], [3.0, 5.0]]])   # (1,1) costs more than (4,1)
+    table = CostTable(("l0",), (1, 4), (1, 4), cost, "ms", offset=0.0)
+    fixed = repair_to_budget({"l0": (4, 1)}, table, 2.6, {"l0": ([0.5, 0.5], [0.5, 0.5])})
+    assert fixed == {"l0": (1, 4)} and table.total(fixed) <= 2.6
+
+
 def test_spend_slack_raises_what_the_strengths_want_and_stays_within_budget():
     names = ("l0", "l1", "l2")
     cost = np.array([[[1.0, 2.0], [2.0, 4.0]]] * 3)     # a x w in (1, 2), BitOPs-like

@@ -334,10 +334,11 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
             _search_epochs(supernet, mixed, train, val, table, budget, settings, state, ckpt,
                            world)
             argmax = {n: m.chosen() for n, m in mixed.items()}
-            config = repair_to_budget(argmax, table, budget)
+            preference = _preferences(mixed, table)
+            config = repair_to_budget(argmax, table, budget, preference)
             raised = []
             if settings.spend_slack:
-                config, raised = spend_slack(config, table, budget, _preferences(mixed, table))
+                config, raised = spend_slack(config, table, budget, preference)
             qmodel = _quantized_from_supernet(model, supernet, config, shape)
             state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
                          argmax={n: list(v) for n, v in argmax.items()}, raised=raised,

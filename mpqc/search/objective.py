@@ -100,10 +100,18 @@ def prob1_regularizer(mixed_layers: dict) -> torch.Tensor:
     return total
 
 
-def repair_to_budget(config: dict, table: CostTable, budget: float) -> dict:
-    """Lower bits, cheapest accuracy loss first (largest cost saving per bit dropped),
-    until the configuration meets the budget; the argmax of a search can land just
-    outside it, and a returned configuration must never do so."""
+def repair_to_budget(config: dict, table: CostTable, budget: float,
+                     preference: dict[str, tuple[list[float], list[float]]] | None = None
+                     ) -> dict:
+    """Lower bits one step at a time until the configuration meets the budget; the
+    argmax of a search can land outside it, and a returned configuration must never.
+
+    Each round takes the one-step drop (a or w of one layer to its next lower candidate)
+    that gives up least of what the strengths want per unit of cost saved: the strength
+    mass at or above the current bit-width over the saving (the mirror of spend_slack).
+    Without `preference` every drop counts the same and the largest saving goes first,
+    which at ResNet-20's expensive 16-channel layers walks one layer's activations down
+    to 1 bit while the strengths of the others barely wanted their top bits."""
     if table.minimum() > budget:
         raise ConfigError(f"budget {budget:.4g} {table.unit} is below the smallest achievable "
                           f"{table.minimum():.4g} {table.unit} (every layer at its cheapest pair)")
@@ -112,16 +120,43 @@ def repair_to_budget(config: dict, table: CostTable, budget: float) -> dict:
         best = None
         for i, n in enumerate(table.names):
             a, w = config[n]
-            for cand in ((_lower(table.a_bits, a), w), (a, _lower(table.w_bits, w))):
-                if cand[0] is None or cand[1] is None:
+            here = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
+            for axis, bits in (("a", table.a_bits), ("w", table.w_bits)):
+                down = _lower(bits, a if axis == "a" else w)
+                if down is None:
                     continue
-                saving = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)] - \
-                    table.cost[i, table.a_bits.index(cand[0]), table.w_bits.index(cand[1])]
-                if best is None or saving > best[0]:
-                    best = (saving, n, cand)
+                cand = (down, w) if axis == "a" else (a, down)
+                saving = here - table.cost[i, table.a_bits.index(cand[0]),
+                                           table.w_bits.index(cand[1])]
+                if preference is None:
+                    loss = 1.0
+                else:
+                    probs = preference[n][0 if axis == "a" else 1]
+                    current = a if axis == "a" else w
+                    loss = sum(pr for b, pr in zip(bits, probs) if b >= current)
+                score = saving / max(loss, 1e-6)
+                if saving > 0 and (best is None or score > best[0]):
+                    best = (score, n, cand)
         if best is None:
-            break
+            # a noisy latency table can be non-monotone (no one-step drop saves anything):
+            # move whole layers to their cheapest pair, largest saving first
+            return _cheapest_layers_until(config, table, budget)
         config[best[1]] = best[2]
+    return config
+
+
+def _cheapest_layers_until(config: dict, table: CostTable, budget: float) -> dict:
+    config = dict(config)
+    moves = []
+    for i, n in enumerate(table.names):
+        a, w = config[n]
+        ia, iw = np.unravel_index(np.argmin(table.cost[i]), table.cost[i].shape)
+        here = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
+        moves.append((here - table.cost[i, ia, iw], n, (table.a_bits[ia], table.w_bits[iw])))
+    for _, n, cheapest in sorted(moves, reverse=True):
+        if table.total(config) <= budget:
+            break
+        config[n] = cheapest
     return config
 
 
