@@ -12,10 +12,13 @@ from mpqc.schedules.knobs import Knobs
 
 # Bumped whenever a compute or schedule change alters kernel speed: latency records
 # measured under another version are stale (not skipped by `measure`, not fitted).
-SCHEDULE_VERSION = 3
+SCHEDULE_VERSION = 4
 
 # schedule family name (targets/*.json "schedule") -> default knobs for a SIMD width
 FAMILIES = {"x86": x86.default_knobs, "arm": arm.default_knobs}
+# schedule family -> activation packing (schedules.build.bitpack_prim_func)
+PACK_STYLES = {"x86": "movemask", "arm": "multiply"}
 
-__all__ = ["SCHEDULE_VERSION", "BIT_RANGE", "ConvSpec", "Epilogue", "Knobs", "FAMILIES", "check_bits",
+__all__ = ["SCHEDULE_VERSION", "BIT_RANGE", "ConvSpec", "Epilogue", "Knobs", "FAMILIES",
+           "PACK_STYLES", "check_bits",
            "dense_spec", "pack_word_for", "weight_code_range", "weight_offset"]

@@ -5,8 +5,9 @@ import tvm
 from tvm import s_tir, te
 
 from mpqc.errors import BuildError, ConfigError, last_line
-from mpqc.schedules import FAMILIES
+from mpqc.schedules import FAMILIES, PACK_STYLES
 from mpqc.schedules.compute import PACK, bitpack_nhwc, bitserial_conv2d_nhwc
+from mpqc.schedules.pack_x86 import bitpack_movemask_prim_func, movemask_applies
 from mpqc.schedules.spec import ConvSpec
 from mpqc.schedules.tiling import Knobs, schedule_conv
 
@@ -28,8 +29,17 @@ def conv_prim_func(spec: ConvSpec, knobs: Knobs, name: str = "main",
     return sch.mod["main"].with_attr("global_symbol", name)
 
 
-def bitpack_prim_func(spec: ConvSpec, name: str = "bitpack") -> tvm.tirx.PrimFunc:
-    """uint8 NHWC codes -> padded bit planes; rows in parallel, words vectorized."""
+def pack_style(target) -> str:
+    """How the target's family packs activations ("movemask" or "multiply")."""
+    return PACK_STYLES.get(target.schedule, "multiply")
+
+
+def bitpack_prim_func(spec: ConvSpec, name: str = "bitpack",
+                      style: str = "multiply") -> tvm.tirx.PrimFunc:
+    """uint8 NHWC codes -> padded bit planes; rows in parallel. "movemask" (x86) where
+    the channels allow it (pack_x86.py), else the portable multiply gather."""
+    if style == "movemask" and movemask_applies(spec):
+        return bitpack_movemask_prim_func(spec, name)
     codes = te.placeholder((spec.n, spec.h, spec.w, spec.cin), "uint8", name="codes")
     planes = bitpack_nhwc(codes, spec)
     func = te.create_prim_func([codes, planes]).with_attr("global_symbol", name)
@@ -57,4 +67,5 @@ def build_conv(spec: ConvSpec, target, knobs: Knobs | None = None):
 
 
 def build_bitpack(spec: ConvSpec, target):
-    return compile_prim_func(bitpack_prim_func(spec, "main"), target, f"bitpack of {spec.name}")
+    return compile_prim_func(bitpack_prim_func(spec, "main", pack_style(target)), target,
+                             f"bitpack of {spec.name}")

@@ -8,7 +8,9 @@ import tvm
 from mpqc.errors import ConfigError
 from mpqc.schedules import ConvSpec, Epilogue, Knobs, dense_spec, pack_word_for
 from mpqc.schedules import reference as ref
-from mpqc.schedules.build import build_bitpack, build_conv
+from mpqc.schedules import PACK_STYLES
+from mpqc.schedules.build import (bitpack_prim_func, build_bitpack, build_conv,
+                                  compile_prim_func, pack_style)
 from mpqc.targets import load_target
 
 HOST = load_target("host")
@@ -179,18 +181,33 @@ def test_dense_exact(a_bits, w_bits):
                                rtol=2e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("style", ["multiply", "movemask"])
 @pytest.mark.parametrize("word", [8, 16, 32, 64])
-@pytest.mark.parametrize("cin, a", [(21, 3), (64, 8), (16, 1), (3, 2), (136, 5)])
-def test_bitpack_kernel_matches_reference(word, cin, a):
-    """Channel counts that fill the words, fill whole bytes only, or neither."""
+@pytest.mark.parametrize("cin, a", [(21, 3), (64, 8), (16, 1), (3, 2), (136, 5), (48, 2),
+                                    (32, 4), (128, 1)])
+def test_bitpack_kernel_matches_reference(style, word, cin, a):
+    """Channel counts that fill the words, fill whole bytes only, or neither; both packs
+    (movemask falls back to multiply where the channels are not a multiple of 16)."""
+    if style == "movemask" and HOST.schedule != "x86":
+        pytest.skip("movemask packing is x86 only")
     rng = np.random.default_rng(word + cin)
     spec = ConvSpec(2, 5, 6, cin, 8, 3, 1, 1, a, 2, word_bits=word)
     x = rng.integers(0, 1 << a, (2, 5, 6, cin)).astype(np.uint8)
     expected = ref.pack_activations(x, spec)
     assert expected.shape == (2, 7, 8, a, spec.words)
     out = tvm.runtime.tensor(np.zeros_like(expected), DEV)
-    build_bitpack(spec, HOST)["main"](tvm.runtime.tensor(x, DEV), out)
+    lib = compile_prim_func(bitpack_prim_func(spec, "main", style), HOST, "bitpack")
+    lib["main"](tvm.runtime.tensor(x, DEV), out)
     np.testing.assert_array_equal(out.numpy(), expected)
+
+
+def test_the_host_family_packs_with_its_style():
+    spec = ConvSpec(1, 4, 4, 32, 8, 3, 1, 1, 2, 2, word_bits=32)
+    x = np.random.default_rng(0).integers(0, 4, (1, 4, 4, 32)).astype(np.uint8)
+    out = tvm.runtime.tensor(np.zeros((1, 6, 6, 2, 1), np.uint32), DEV)
+    build_bitpack(spec, HOST)["main"](tvm.runtime.tensor(x, DEV), out)
+    np.testing.assert_array_equal(out.numpy(), ref.pack_activations(x, spec))
+    assert pack_style(HOST) == PACK_STYLES[HOST.schedule]
 
 
 def test_pack_bits_layout():

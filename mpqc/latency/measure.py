@@ -61,11 +61,11 @@ def build_layer(spec, knobs, target):
     import tvm
 
     from mpqc.errors import BuildError
-    from mpqc.schedules.build import bitpack_prim_func, conv_prim_func
+    from mpqc.schedules.build import bitpack_prim_func, conv_prim_func, pack_style
     from mpqc.targets import tvm_target
 
     mod = tvm.IRModule({"conv": conv_prim_func(spec, knobs, "conv"),
-                        "bitpack": bitpack_prim_func(spec, "bitpack")})
+                        "bitpack": bitpack_prim_func(spec, "bitpack", pack_style(target))})
     with _BUILD_LOCK:
         try:
             return tvm.compile(mod, tvm_target(target))

@@ -47,8 +47,9 @@ def lower(model, input_shape, target, batch: int = 1, tuning_log=None) -> Lowere
     from mpqc.lower.relax_emit import Emitter
 
     program = lower_to_program(model, input_shape, target, batch=batch)
+    from mpqc.schedules.build import pack_style
     emitter = Emitter(program, kernel_variants(target, tuning_log),
-                      float_lanes=max(target.simd_bits // 32, 1))
+                      float_lanes=max(target.simd_bits // 32, 1), pack_style=pack_style(target))
     return Lowered(program, emitter.module(), target, emitter.variants)
 
 

@@ -41,10 +41,12 @@ def _scalar(value, dtype: str):
 
 
 class Emitter:
-    def __init__(self, program: Program, knobs_for, float_lanes: int = 8):
+    def __init__(self, program: Program, knobs_for, float_lanes: int = 8,
+                 pack_style: str = "multiply"):
         self.program = program
         self.knobs_for = knobs_for      # spec -> (spec with word, Knobs)
         self.float_lanes = float_lanes  # float32 lanes of the target's vectors
+        self.pack_style = pack_style    # the target family's activation packing
         self.bb = relax.BlockBuilder()
         self.funcs: dict[str, relax.GlobalVar] = {}
         self.weights: dict[str, relax.Constant] = {}
@@ -156,7 +158,8 @@ class Emitter:
         if p["linear"]:
             codes = self._emit(relax.op.reshape(codes, (spec.n, 1, 1, spec.cin)))
         safe = op.name.replace(".", "_")
-        pack = self._prim(f"bitpack_{safe}", lambda: bitpack_prim_func(spec, f"bitpack_{safe}"))
+        pack = self._prim(f"bitpack_{safe}",
+                          lambda: bitpack_prim_func(spec, f"bitpack_{safe}", self.pack_style))
         conv = self._prim(f"conv_{safe}", lambda: conv_prim_func(spec, knobs, f"conv_{safe}"))
         hp, wp = spec.padded_hw
         word = f"uint{spec.word_bits}"
@@ -232,10 +235,11 @@ class Emitter:
         return v
 
 
-def emit_module(program: Program, knobs_for, float_lanes: int = 8) -> tvm.IRModule:
+def emit_module(program: Program, knobs_for, float_lanes: int = 8,
+                pack_style: str = "multiply") -> tvm.IRModule:
     """The Relax module of a Program: `main` (logits) and `debug` (every op's output)."""
     try:
-        return Emitter(program, knobs_for, float_lanes).module()
+        return Emitter(program, knobs_for, float_lanes, pack_style).module()
     except BuildError:
         raise
     except Exception as exc:  # TVM's own errors: name where the emission stopped
