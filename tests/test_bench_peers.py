@@ -1,5 +1,6 @@
 """mpqc.bench: timing sanity, the roofline loop's correctness, shapes, and each peer on a
 tiny shape (fast: few repeats, short samples)."""
+import os
 import numpy as np
 import pytest
 
@@ -161,3 +162,27 @@ def test_roofline_words_start_on_a_cache_line():
     aligned = rl._cache_line_aligned(words)
     assert aligned.ctypes.data % 64 == 0
     np.testing.assert_array_equal(aligned, words)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux thread affinity and at least 2 CPUs")
+def test_pinned_threads_give_every_thread_its_cpus_back():
+    """TVM's pool pins the caller while it times; training after measuring must not stay
+    on one core (a pipeline's search ran on one of two cores before this was restored)."""
+    import numpy as np
+    import tvm
+
+    from mpqc.bench.timing import pinned_threads, time_tvm
+    from mpqc.schedules.build import build_bitpack
+    from mpqc.schedules.spec import ConvSpec
+    from mpqc.targets import load_target
+
+    spec = ConvSpec(1, 8, 8, 32, 8, 3, 1, 1, 2, 2, word_bits=32)
+    lib, dev = build_bitpack(spec, load_target("host")), tvm.cpu()
+    args = [tvm.runtime.tensor(np.zeros((1, 8, 8, 32), np.uint8), dev),
+            tvm.runtime.tensor(np.zeros((1, 10, 10, 2, 1), np.uint32), dev)]
+    before = os.sched_getaffinity(0)
+    with pinned_threads(1):
+        time_tvm(lib, "main", dev, args, repeats=3)
+    for tid in os.listdir("/proc/self/task"):
+        assert os.sched_getaffinity(int(tid)) == before, f"thread {tid} left pinned"

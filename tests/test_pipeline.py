@@ -193,3 +193,17 @@ def test_measure_and_verify_run_on_the_devices_of_a_tracker(tmp_path, rpc_farm):
     assert summary["verified_exact"] and summary["measured_ms"] is None
     assert summary["within_budget"] is None and "not measured" in summary["warnings"][0]
     assert "WARNING: library latency not measured" in done.stderr
+
+
+def test_a_new_kernel_version_redoes_the_kernel_steps_only(monkeypatch):
+    import mpqc.schedules
+    from mpqc.pipeline.runner import Step, inputs_hash
+
+    def step(name):
+        return Step(name, "", lambda cfg, ws: {}, lambda cfg, ws: [], lambda cfg, ws: [])
+
+    before = {n: inputs_hash(step(n), None, None) for n in ("import", "measure", "build")}
+    monkeypatch.setattr(mpqc.schedules, "SCHEDULE_VERSION", mpqc.schedules.SCHEDULE_VERSION + 1)
+    after = {n: inputs_hash(step(n), None, None) for n in before}
+    assert after["import"] == before["import"]
+    assert after["measure"] != before["measure"] and after["build"] != before["build"]

@@ -105,6 +105,7 @@ def pinned_threads(n: int) -> Iterator[int]:
 
     old_torch = torch.get_num_threads()
     old_env = os.environ.get("TVM_NUM_THREADS")
+    old_cpus = _affinity()
     _tvm_pool_size_hint(n)
     old_tvm = int(tvm.get_global_func("runtime.NumThreads")())
     try:
@@ -116,3 +117,25 @@ def pinned_threads(n: int) -> Iterator[int]:
             os.environ.pop("TVM_NUM_THREADS", None)
         else:
             os.environ["TVM_NUM_THREADS"] = old_env
+        _restore_affinity(old_cpus)
+
+
+def _affinity():
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+
+def _restore_affinity(cpus) -> None:
+    """TVM's thread pool pins the calling thread (and the threads it starts after) to its
+    cores; unpinned, a pipeline that measures and then trains would train on one core.
+    Every thread of the process gets its mask back (Linux: a thread id is a pid here)."""
+    if cpus is None:
+        return
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass  # a thread that ended meanwhile

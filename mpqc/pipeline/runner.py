@@ -49,9 +49,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# steps whose artifacts depend on the kernels' code: a new SCHEDULE_VERSION redoes them
+# (and, through their artifacts, every step after them)
+KERNEL_STEPS = ("measure", "lower", "build")
+
+
 def inputs_hash(step: Step, cfg: PipelineConfig, ws: Workspace) -> str:
     parts = {"step": step.name, "options": {k: getattr(cfg, k) for k in step.options},
              "reads": {}, "files": {}}
+    if step.name in KERNEL_STEPS:
+        from mpqc.schedules import SCHEDULE_VERSION
+        parts["schedules"] = SCHEDULE_VERSION
     for path in step.reads(cfg, ws):
         if not path.is_file():
             raise ConfigError(f"step {step.name} needs {path.name}, which an earlier step "
