@@ -123,6 +123,10 @@ class Library:
                         samples.setdefault(name, []).append(seconds * 1e3)
             finally:
                 self._vm.set_instrument(None)
+        if not samples:
+            raise DeviceError(f"{self.path.name}: the VM reported no calls to profile (a "
+                              "library built with exec_mode='compiled' runs no instrument "
+                              "hook); rebuild it with `mpqc compile`")
         return {name: float(np.median(v)) for name, v in samples.items()}
 
 
