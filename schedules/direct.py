@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import s_tir, te, tirx
 
+from mpqc.schedules.knobs import largest_divisor_at_most
 from mpqc.schedules.spec import conv_out_size
 
 PAD, ACC, OUT = "pad_float", "direct_acc", "requant"
@@ -79,18 +80,14 @@ def direct_conv2d_nhwc(conv: DirectConv):
     return [codes, weight, mul, add], out
 
 
-def _divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def direct_conv_prim_func(conv: DirectConv, lanes: int, name: str = "main",
                           tile_w: int = 8) -> tirx.PrimFunc:
     """Scheduled: `lanes` float32 output channels per vector (simd_bits / 32)."""
     inputs, out = direct_conv2d_nhwc(conv)
     func = te.create_prim_func([*inputs, out]).with_attr("global_symbol", name)
     sch = s_tir.Schedule(func)
-    tw = _divisor_at_most(conv.out_w, tile_w)
-    tc = _divisor_at_most(conv.cout, lanes)
+    tw = largest_divisor_at_most(conv.out_w, tile_w)
+    tc = largest_divisor_at_most(conv.cout, lanes)
 
     block = sch.get_sblock(OUT)
     n, y, x, co = sch.get_loops(block)

@@ -27,12 +27,12 @@ class Knobs:
 
     def fit(self, spec: ConvSpec) -> "Knobs":
         """Shrink tiles that exceed the layer (a 10-class dense layer has 10 channels)."""
-        return replace(self, tile_w=_largest_divisor_at_most(spec.out_w, self.tile_w),
-                       tile_co=_largest_divisor_at_most(spec.cout, self.tile_co))
+        return replace(self, tile_w=largest_divisor_at_most(spec.out_w, self.tile_w),
+                       tile_co=largest_divisor_at_most(spec.cout, self.tile_co))
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
-def _largest_divisor_at_most(n: int, limit: int) -> int:
+def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)

@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from mpqc.latency.records import LayerShape
+from mpqc.schedules.knobs import largest_divisor_at_most
 from mpqc.schedules.spec import pack_word_for
 
 PARTS = ("conv", "pack")
@@ -28,17 +29,13 @@ FEATURES = {
 }
 
 
-def _largest_divisor_at_most(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def _counts(shape: LayerShape, a: int, w: int, word_bits: int, tiles: tuple[int, int]) -> dict:
     oh, ow = shape.out_hw
     word = pack_word_for(shape.cin, word_bits)
     words = math.ceil(shape.cin / word)
     hp, wp = shape.h + 2 * shape.padding, shape.w + 2 * shape.padding
-    tile_w = _largest_divisor_at_most(ow, tiles[0])
-    tile_co = _largest_divisor_at_most(shape.cout, tiles[1])
+    tile_w = largest_divisor_at_most(ow, tiles[0])
+    tile_co = largest_divisor_at_most(shape.cout, tiles[1])
     return {
         "a": a, "w": w, "aw": a * w, "kernel": shape.kernel, "stride": shape.stride,
         "out_w": ow, "h": shape.h, "w_px": shape.w, "cin": shape.cin, "cout": shape.cout,
