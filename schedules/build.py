@@ -20,10 +20,9 @@ def default_knobs(target) -> Knobs:
                           f"known: {', '.join(FAMILIES)}") from None
 
 
-def conv_prim_func(spec: ConvSpec, knobs: Knobs, name: str = "main",
-                   acc_dtype: str | None = None) -> tvm.tirx.PrimFunc:
+def conv_prim_func(spec: ConvSpec, knobs: Knobs, name: str = "main") -> tvm.tirx.PrimFunc:
     """The fused conv (packed planes in, epilogue out), scheduled with `knobs`."""
-    inputs, out = bitserial_conv2d_nhwc(spec, acc_dtype=acc_dtype)
+    inputs, out = bitserial_conv2d_nhwc(spec)
     func = te.create_prim_func([*inputs, out]).with_attr("global_symbol", name)
     sch = schedule_conv(s_tir.Schedule(func), spec, knobs)
     return sch.mod["main"].with_attr("global_symbol", name)

@@ -59,8 +59,7 @@ def bitpack_nhwc(codes: te.Tensor, spec: ConvSpec) -> te.Tensor:
     return te.compute((spec.n, hp, wp, spec.a_bits, spec.words), plane, name=PACK)
 
 
-def bitserial_conv2d_nhwc(spec: ConvSpec, packed_data: te.Tensor | None = None,
-                          acc_dtype: str | None = None):
+def bitserial_conv2d_nhwc(spec: ConvSpec, packed_data: te.Tensor | None = None):
     """The fused operator on packed planes. Returns (inputs, output) for create_prim_func.
 
     inputs: packed data (N, HP, WP, A, words), packed weights (KH, KW, W, words, Cout)
@@ -80,7 +79,7 @@ def bitserial_conv2d_nhwc(spec: ConvSpec, packed_data: te.Tensor | None = None,
     kh, kw = te.reduce_axis((0, k), "kh"), te.reduce_axis((0, k), "kw")
     cw = te.reduce_axis((0, spec.words), "cw")
     i, j = te.reduce_axis((0, spec.a_bits), "i"), te.reduce_axis((0, spec.w_bits), "j")
-    acc_t = acc_dtype or spec.acc_dtype
+    acc_t = spec.acc_dtype
     acc = te.compute(shape, lambda n, y, x, co: te.sum(
         tirx.popcount(data[n, y * s + kh, x * s + kw, i, cw] & weight[kh, kw, j, cw, co])
         .astype(acc_t) << (i + j).astype(acc_t), axis=[kh, kw, cw, i, j]), name=ACC)
