@@ -37,6 +37,11 @@ def _layers(model_spec: str, input_shape: str | None):
 @click.option("--w-bits", default=None, help="Weight bit-widths (default: --bits).")
 @click.option("--threads", default=1, show_default=True, help="Threads the kernels run on.")
 @click.option("--repeats", default=20, show_default=True, help="Timed samples per kernel.")
+@click.option("--passes", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Measure every kernel this many times, one whole pass after another; "
+                   "`mpqc fit` keeps each kernel's fastest pass. On a shared machine, whose "
+                   "slow spells last minutes, 2 passes make the database reproducible. "
+                   "Rerunning with a larger --passes adds the missing passes.")
 @click.option("--tuning-log", type=click.Path(dir_okay=False), default=None,
               help="Use the tuned schedules of this log (as the build does).")
 @click.option("--rpc-tracker", default=None, metavar="HOST:PORT",
@@ -49,13 +54,13 @@ def _layers(model_spec: str, input_shape: str | None):
                    "another architecture).")
 @click.option("--glue/--no-glue", default=None,
               help="Also time the network's glue (8-bit first/last layers, pooling, adds, "
-                   "VM): compile --model at the smallest and the largest uniform pair, time "
+                   "VM): compile --model at the two smallest uniform pairs, time "
                    "each library and its kernels; costs two network compiles. Default: on "
                    "for --model on this machine, off over RPC (not supported there).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, seed, bits,
-                a_bits, w_bits, threads, repeats, tuning_log, rpc_tracker, rpc_key, workers,
-                emulated, glue, quiet):
+                a_bits, w_bits, threads, repeats, passes, tuning_log, rpc_tracker, rpc_key,
+                workers, emulated, glue, quiet):
     """Measure bit-serial layers on a target into a latency database.
 
     Each (layer shape, a, w) is built with the schedules the library uses, then timed
@@ -95,8 +100,8 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
         glue = space == "model" and device is None
     if glue and device is not None:
         raise click.UsageError("--glue is timed on this machine only; over RPC pass --no-glue")
-    bar = tqdm(total=len(jobs), unit="kernel", desc=f"measure {target.name}", file=sys.stderr,
-               disable=quiet)
+    bar = tqdm(total=len(jobs) * passes, unit="kernel", desc=f"measure {target.name}",
+               file=sys.stderr, disable=quiet)
 
     def progress(record):
         bar.update(1)
@@ -104,12 +109,12 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
                             + (f"{record.median_ms:.3f} ms" if record.ok else "FAILED"))
 
     from mpqc.latency.measure import pending_jobs
-    _, already = pending_jobs(jobs, db_path, target, threads)
+    _, already = pending_jobs(jobs, db_path, target, threads, passes)
     bar.update(already)
     try:
         summary = run_measurements(jobs, db_path, target, threads=threads, repeats=repeats,
                                    device=device, workers=workers, tuning_log=tuning_log,
-                                   emulated=emulated, progress=progress)
+                                   emulated=emulated, progress=progress, passes=passes)
     finally:
         bar.close()
     click.echo(f"{summary.measured} measured, {summary.skipped} already in {db_path}, "
@@ -126,12 +131,12 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
 
 
 def _measure_glue(imported, target, threads, repeats, db_path, a_set, w_set) -> None:
-    from mpqc.latency.glue_db import measure_glue_record, uniform_extremes
+    from mpqc.latency.glue_db import glue_pairs, measure_glue_record
     click.echo(f"glue of {imported.model_spec}: compiling and timing the network at its "
-               "smallest and largest uniform pair ...", err=True)
+               "two smallest uniform pairs ...", err=True)
     record, fresh = measure_glue_record(
         imported.model_spec, imported.input_shape, target, threads, repeats, db_path,
-        uniform_extremes(a_set, w_set), weights=imported.weights, layers=imported.layers)
+        glue_pairs(a_set, w_set), weights=imported.weights, layers=imported.layers)
     points = "; ".join(f"a{a}w{w}: library {lib:.4f} - kernels {k:.4f} ms"
                        for (a, w), lib, k in zip(record.pairs, record.library_ms,
                                                  record.kernels_ms))
@@ -178,8 +183,9 @@ def fit_cmd(db_path, target_name, out_path, heldout, seed, allow_emulated, as_js
         from mpqc.cli import _echo_json
         _echo_json(m)
         return
-    click.echo(f"{target.name}: {m['n_records']} records of {m['n_shapes']} shapes; held out "
-               f"{m['heldout_shapes']} shapes ({m['n_heldout']} records): "
+    click.echo(f"{target.name}: {m['n_records']} records, {m['n_kernels']} kernels of "
+               f"{m['n_shapes']} shapes; held out {m['heldout_shapes']} shapes "
+               f"({m['n_heldout']} kernels): "
                f"{m['heldout_within_10pct']:.1%} within 10%, {m['heldout_within_5pct']:.1%} "
                f"within 5%, MAPE {m['heldout_mape']:.1%}")
     for key, ms in model.glue.items():

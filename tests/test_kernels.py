@@ -229,6 +229,17 @@ def test_knobs_do_not_change_results(knobs):
     np.testing.assert_array_equal(run_conv(spec, x, w, knobs=knobs), ref.conv_int(x, w, spec))
 
 
+def test_channel_tile_is_whole_vectors_where_it_can_be():
+    from mpqc.schedules.knobs import channel_tile
+    spec = ConvSpec(1, 6, 6, 40, 24, 3, 1, 1, 2, 1, word_bits=64)
+    assert Knobs(tile_w=4, tile_co=16).fit(spec).tile_co == 8   # not 12: 1.5 vectors
+    assert [channel_tile(c, 16) for c in (16, 24, 48, 10, 12, 7, 40)] == [16, 8, 16, 10, 12, 7, 8]
+    assert channel_tile(24, 12) == 12   # a tile that divides (e.g. tuned) is kept
+    x, w = random_codes(np.random.default_rng(5), spec)
+    np.testing.assert_array_equal(run_conv(spec, x, w, knobs=Knobs(tile_w=4, tile_co=16)),
+                                  ref.conv_int(x, w, spec))
+
+
 def test_word_choice():
     assert [pack_word_for(c, 64) for c in (3, 8, 9, 16, 32, 33, 64, 512)] == [8, 8, 16, 16, 32, 64, 64, 64]
     assert pack_word_for(64, 32) == 32

@@ -57,6 +57,22 @@ def test_heldout_by_shape_is_accurate_on_a_learnable_cpu(model):
     assert (rel <= 0.10).mean() >= 0.85
 
 
+def test_the_fit_keeps_the_fastest_pass_of_a_kernel():
+    from dataclasses import replace
+
+    from mpqc.latency.predictor import fastest_passes
+    records = synthetic_records(40)
+    slow = [replace(r, median_ms=r.median_ms * 1.3, conv_ms=r.conv_ms * 1.3,
+                    pack_ms=r.pack_ms * 1.3) for r in records[:10]]  # a slow spell
+    kept = fastest_passes(slow + records)
+    assert len(kept) == 40 and sorted(r.median_ms for r in kept) == sorted(
+        r.median_ms for r in records)
+    m = fit_latency_model(slow + records, TARGET)
+    assert (m.metrics["n_records"], m.metrics["n_kernels"]) == (50, 40)
+    r = records[3]
+    assert m.predict(r.shape, r.a_bits, r.w_bits) == pytest.approx(r.median_ms)
+
+
 def test_a_measurement_wins_over_the_prediction(model):
     r = synthetic_records()[5]
     assert model.predict(r.shape, r.a_bits, r.w_bits) == pytest.approx(r.median_ms)

@@ -45,6 +45,13 @@ def test_repair_meets_a_budget_that_includes_the_offset():
         repair_to_budget(config, glued, glued.minimum() - 1e-3)
 
 
+def test_glue_is_timed_at_the_two_smallest_uniform_pairs():
+    from mpqc.latency.glue_db import glue_pairs
+    assert glue_pairs((1, 2, 3, 4), (1, 2, 3, 4)) == ((1, 1), (2, 2))
+    assert glue_pairs((4, 2, 3), (8, 2)) == ((2, 2), (3, 8))
+    assert glue_pairs((2,), (3,)) == ((2, 3),)
+
+
 def test_glue_is_the_library_minus_its_kernels_at_two_uniform_pairs():
     model = build_model("democnn")
     layers = describe_layers(model, (1, 28, 28))

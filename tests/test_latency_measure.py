@@ -48,6 +48,22 @@ def test_local_measurement_records_everything(tmp_path):
     assert len(read_db(db)) == 4
 
 
+def test_passes_measure_every_kernel_again_after_the_whole_pass(tmp_path):
+    db = tmp_path / "lat.jsonl"
+    target = load_target("host")
+    first = run_measurements(JOBS[:2], db, target, repeats=3)
+    assert (first.measured, first.skipped) == (2, 0)
+    # a larger --passes adds the missing passes: a second whole pass over both jobs
+    summary = run_measurements(JOBS[:2], db, target, repeats=3, passes=2)
+    assert (summary.measured, summary.skipped, summary.failed) == (2, 2, [])
+    rows = read_db(db)
+    assert [(r.a_bits, r.w_bits) for r in rows] == [(1, 1), (2, 2), (1, 1), (2, 2)]
+    assert run_measurements(JOBS[:2], db, target, repeats=3, passes=2).measured == 0
+    from mpqc.errors import ConfigError
+    with pytest.raises(ConfigError, match="at least once"):
+        run_measurements(JOBS[:2], db, target, passes=0)
+
+
 def test_a_failing_build_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     real = measure_mod.build_layer
 

@@ -5,8 +5,9 @@ epilogue; they scale with different work, so each has its own features and model
 work is known exactly (a*w popcounts per packed word of every window; one pass over the
 input per activation bit; one epilogue per output), so the features are those counts
 (in logs, since latencies span four decades) plus what decides how fast the kernel runs
-them: the shape and the register tiles the schedule fits to it (a 7-wide output row can
-only be tiled 1 or 7 wide, which is why 7x7 layers run slower per popcount).
+them: the shape, the register tiles the schedule fits to it (a 7-wide output row can
+only be tiled 1 or 7 wide, which is why 7x7 layers run slower per popcount), the
+accumulator lane width and which packing the layout allows.
 """
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ import math
 import numpy as np
 
 from mpqc.latency.records import LayerShape
-from mpqc.schedules.knobs import largest_divisor_at_most
-from mpqc.schedules.spec import pack_word_for
+from mpqc.schedules.knobs import channel_tile, largest_divisor_at_most
+from mpqc.schedules.pack_x86 import movemask_applies
+from mpqc.schedules.spec import ConvSpec, pack_word_for
 
 PARTS = ("conv", "pack")
 FEATURES = {
     "conv": ("a", "w", "aw", "threads", "kernel", "stride", "out_w", "cin", "cout",
-             "word_bits", "words", "lane_use", "tile_w", "tile_co", "w_tiles", "co_tiles",
+             "word_bits", "words", "lane_use", "acc_bits", "tile_w", "tile_co", "w_tiles",
+             "co_tiles",
              "reduction", "accumulators", "tile_outputs", "log_popcounts", "log_outputs",
              "log_weight_bytes", "log_in_bytes", "log_weight_tile_bytes", "log_row_bytes"),
     "pack": ("a", "threads", "h", "w_px", "cin", "word_bits", "words", "lane_use",
-             "log_pack_bits", "log_words_written", "padding"),
+             "movemask_layout", "log_pack_bits", "log_words_written", "padding"),
 }
 
 
@@ -33,13 +36,19 @@ def _counts(shape: LayerShape, a: int, w: int, word_bits: int, tiles: tuple[int,
     oh, ow = shape.out_hw
     word = pack_word_for(shape.cin, word_bits)
     words = math.ceil(shape.cin / word)
+    spec = ConvSpec(n=1, h=shape.h, w=shape.w, cin=shape.cin, cout=shape.cout,
+                    kernel=shape.kernel, stride=shape.stride, padding=shape.padding,
+                    a_bits=a, w_bits=w, word_bits=word)
     hp, wp = shape.h + 2 * shape.padding, shape.w + 2 * shape.padding
     tile_w = largest_divisor_at_most(ow, tiles[0])
-    tile_co = largest_divisor_at_most(shape.cout, tiles[1])
+    tile_co = channel_tile(shape.cout, tiles[1])
     return {
         "a": a, "w": w, "aw": a * w, "kernel": shape.kernel, "stride": shape.stride,
         "out_w": ow, "h": shape.h, "w_px": shape.w, "cin": shape.cin, "cout": shape.cout,
         "word_bits": word, "words": words, "lane_use": shape.cin / (words * word),
+        # popcounts add in the word's lane width where the sum fits (narrower lanes,
+        # more per register); x86 packs with a byte movemask where 16 channels line up
+        "acc_bits": int(spec.acc_dtype[3:]), "movemask_layout": int(movemask_applies(spec)),
         "tile_w": tile_w, "tile_co": tile_co, "w_tiles": ow // tile_w,
         "co_tiles": shape.cout // tile_co, "reduction": words * shape.kernel ** 2,
         "padding": shape.padding,

@@ -25,8 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-from mpqc.errors import DeviceError, MpqcError, last_line
-from mpqc.latency.records import (LatencyRecord, append_db, measured_keys, now,
+from mpqc.errors import ConfigError, DeviceError, MpqcError, last_line
+from mpqc.latency.records import (LatencyRecord, append_db, measured_counts, now,
                                   package_versions, read_db)
 from mpqc.latency.space import Job
 
@@ -223,49 +223,81 @@ class _RemoteWorker:
 
 # ---- the run -----------------------------------------------------------------------
 
-def pending_jobs(jobs: list[Job], db_path, target, threads: int) -> tuple[list[Job], int]:
-    """Jobs not yet measured successfully in the database, and how many were skipped."""
+def pending_jobs(jobs: list[Job], db_path, target, threads: int, passes: int = 1
+                 ) -> tuple[list[Job], int]:
+    """(jobs with fewer than `passes` successful measurements in the database, how many
+    job passes the database already holds)."""
     from mpqc.latency.records import job_key
-    done = measured_keys(read_db(db_path))
-    todo = [j for j in jobs if job_key(target.name, j.shape, j.a_bits, j.w_bits, threads)
-            not in done]
-    return todo, len(jobs) - len(todo)
+    done = measured_counts(read_db(db_path))
+    counts = [done.get(job_key(target.name, j.shape, j.a_bits, j.w_bits, threads), 0)
+              for j in jobs]
+    return ([j for j, c in zip(jobs, counts) if c < passes],
+            sum(min(c, passes) for c in counts))
 
 
 def run_measurements(jobs: list[Job], db_path, target, threads: int = 1, repeats: int = 20,
                      device=None, workers: int | None = None, tuning_log=None,
                      emulated: bool = False,
-                     progress: Callable[[LatencyRecord], None] = lambda r: None
-                     ) -> MeasureSummary:
-    """Measure every job not yet in the database, appending one record per job.
+                     progress: Callable[[LatencyRecord], None] = lambda r: None,
+                     passes: int = 1) -> MeasureSummary:
+    """Measure every job until the database holds `passes` successful records of it,
+    appending one record per measurement.
 
-    Locally, jobs run one after another (timings need the cores to themselves). With a
-    `device` (mpqc.remote.RpcDevice), `workers` threads (default: the idle servers under
-    its key) each hold one board. Failures become error records; the run goes on.
+    Passes run one after another over all jobs, so the measurements of one kernel lie
+    minutes apart: on a shared machine a slow spell (a busy neighbour, a lower clock)
+    then spoils one of them, not all, and the fit keeps the fastest. Locally, jobs run
+    one after another (timings need the cores to themselves). With a `device`
+    (mpqc.remote.RpcDevice), `workers` threads (default: the idle servers under its key)
+    each hold one board. Failures become error records; the run goes on.
     """
     from mpqc.targets import runs_on_host
 
-    todo, skipped = pending_jobs(jobs, db_path, target, threads)
+    if passes < 1:
+        raise ConfigError(f"passes {passes}: measure each kernel at least once")
+    if device is None and not runs_on_host(target):
+        raise DeviceError(f"target {target.name} ({target.arch}) cannot run on this "
+                          f"machine ({platform.machine()}); measure it on a board over "
+                          "TVM RPC (--rpc-tracker HOST:PORT --rpc-key KEY)")
+    _, skipped = pending_jobs(jobs, db_path, target, threads, passes)
     failed: list[LatencyRecord] = []
+    measured = 0
+    for pass_no in range(1, passes + 1):
+        todo, _ = pending_jobs(jobs, db_path, target, threads, pass_no)
+        if not todo:
+            continue
+        if device is None:
+            records = _measure_here(todo, db_path, target, threads, repeats, tuning_log,
+                                    progress)
+        else:
+            records = _measure_remote(todo, db_path, target, threads, repeats, device,
+                                      workers, tuning_log, emulated, progress)
+        failed += [r for r in records if not r.ok]
+        measured += sum(r.ok for r in records)
+    return MeasureSummary(measured, skipped, failed)
+
+
+def _measure_here(todo, db_path, target, threads, repeats, tuning_log, progress):
+    records = []
+    for job in todo:
+        try:
+            record = measure_local(job, target, threads, repeats, tuning_log)
+        except MpqcError as exc:
+            record = _record(job, target, threads, device=f"host:{socket.gethostname()}",
+                             error=str(exc))
+        append_db(db_path, record)
+        records.append(record)
+        progress(record)
+    return records
+
+
+def _measure_remote(todo, db_path, target, threads, repeats, device, workers, tuning_log,
+                    emulated, progress):
+    records: list[LatencyRecord] = []
 
     def keep(record: LatencyRecord) -> None:
         append_db(db_path, record)
-        if not record.ok:
-            failed.append(record)
+        records.append(record)
         progress(record)
-
-    if device is None:
-        if not runs_on_host(target):
-            raise DeviceError(f"target {target.name} ({target.arch}) cannot run on this "
-                              f"machine ({platform.machine()}); measure it on a board over "
-                              "TVM RPC (--rpc-tracker HOST:PORT --rpc-key KEY)")
-        for job in todo:
-            try:
-                keep(measure_local(job, target, threads, repeats, tuning_log))
-            except MpqcError as exc:
-                keep(_record(job, target, threads, device=f"host:{socket.gethostname()}",
-                             error=str(exc)))
-        return MeasureSummary(len(todo) - len(failed), skipped, failed)
 
     count = workers or max(1, free_devices(device))
     jobs_q: queue.Queue[Job] = queue.Queue()
@@ -292,4 +324,4 @@ def run_measurements(jobs: list[Job], db_path, target, threads: int = 1, repeats
         t.start()
     for t in threads_:
         t.join()
-    return MeasureSummary(len(todo) - len(failed), skipped, failed)
+    return records

@@ -152,7 +152,16 @@ def current(record: LatencyRecord) -> bool:
 
 def measured_keys(records: list[LatencyRecord]) -> set[tuple]:
     """Keys a rerun must not measure again: current successes (failures are retried)."""
-    return {r.key for r in records if r.ok and current(r)}
+    return set(measured_counts(records))
+
+
+def measured_counts(records: list[LatencyRecord]) -> dict[tuple, int]:
+    """Current successful measurements per key (a key measured in several passes)."""
+    counts: dict[tuple, int] = {}
+    for r in records:
+        if r.ok and current(r):
+            counts[r.key] = counts.get(r.key, 0) + 1
+    return counts
 
 
 def package_versions() -> dict:

@@ -107,6 +107,7 @@ def _measure_glue(cfg, ws, target, bits) -> dict:
     """glue.json: what the network costs besides its bit-serial layers (timed here, so
     only for a target this machine runs; a board's glue is left at 0 and said so)."""
     from mpqc.latency.glue import measure_glue
+    from mpqc.latency.glue_db import glue_pairs
     from mpqc.targets import runs_on_host
     if cfg.rpc_tracker or not runs_on_host(target):
         glue = {"glue_ms": 0.0, "measured": False,
@@ -116,7 +117,7 @@ def _measure_glue(cfg, ws, target, bits) -> dict:
         imported = _read_json(ws.layers)
         glue = {**measure_glue(cfg.model, _layers(ws), imported["input_shape"], target,
                                cfg.threads, max(cfg.repeats, 10),
-                               pairs=((min(bits),) * 2, (max(bits),) * 2)).to_json(),
+                               pairs=glue_pairs(bits, bits)).to_json(),
                 "measured": True}
     _write_json(ws.glue, glue)
     return glue
