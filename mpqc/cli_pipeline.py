@@ -85,6 +85,9 @@ Steps:
 @click.option("--random-shapes", default=24, show_default=True,
               help="Random layer shapes measured besides the model's, for the predictor.")
 @click.option("--repeats", default=10, show_default=True, help="Timed samples per kernel.")
+@click.option("--passes", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Whole measuring passes over the kernels; the latency model keeps each "
+                   "kernel's fastest (see `mpqc measure --help`).")
 @click.option("--rpc-tracker", default=None, metavar="HOST:PORT",
               help="Measure and verify on devices registered at this TVM RPC tracker.")
 @click.option("--rpc-key", default=None, help="Device key (default: the target's).")
@@ -94,8 +97,8 @@ Steps:
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
                  budget_ratio, workdir, from_step, until_step, method, gamma_max, lr, spend_slack,
                  bits, baselines, epochs, finetune_epochs, fp32_epochs, subset, batch_size,
-                 seed, threads, random_shapes, repeats, rpc_tracker, rpc_key, tuning_log,
-                 quiet):
+                 seed, threads, random_shapes, repeats, passes, rpc_tracker, rpc_key,
+                 tuning_log, quiet):
     import json
     import time
 
@@ -109,7 +112,8 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
                          bits=bits, epochs=epochs, finetune_epochs=finetune_epochs,
                          fp32_epochs=fp32_epochs, subset=subset, batch_size=batch_size,
                          seed=seed, threads=threads, random_shapes=random_shapes,
-                         repeats=repeats, baselines=_pairs(baselines), rpc_tracker=rpc_tracker,
+                         repeats=repeats, passes=passes, baselines=_pairs(baselines),
+                         rpc_tracker=rpc_tracker,
                          rpc_key=rpc_key, tuning_log=tuning_log, progress=not quiet)
     preflight(cfg)
     ws = Workspace(workdir)

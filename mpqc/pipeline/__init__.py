@@ -30,8 +30,8 @@ def preflight(cfg: PipelineConfig) -> None:
     for name in ("epochs", "finetune_epochs", "fp32_epochs", "random_shapes", "gamma_max"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
-    if cfg.repeats < 1 or cfg.threads < 1:
-        raise ConfigError("--repeats and --threads must be at least 1")
+    if cfg.repeats < 1 or cfg.threads < 1 or cfg.passes < 1:
+        raise ConfigError("--repeats, --passes and --threads must be at least 1")
     candidate_bits(cfg)
     for a, w in baseline_pairs(cfg):
         from mpqc.schedules.spec import check_bits

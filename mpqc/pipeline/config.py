@@ -28,6 +28,7 @@ class PipelineConfig:
     threads: int = 1
     random_shapes: int = 24     # measured besides the model's layers, for the predictor
     repeats: int = 10           # timed samples per kernel
+    passes: int = 2             # whole measuring passes; the fit keeps the fastest
     baselines: tuple[tuple[int, int], ...] | None = None   # None: smallest and largest uniform
     rpc_tracker: str | None = None
     rpc_key: str | None = None

@@ -83,13 +83,14 @@ def run_measure(cfg, ws):
     jobs = model_jobs(_layers(ws), bits, bits)
     if cfg.random_shapes:
         jobs += random_jobs(cfg.random_shapes, cfg.seed, bits, bits)
-    _, already = pending_jobs(jobs, ws.latency_db, target, cfg.threads)
-    bar = tqdm(total=len(jobs), initial=already, unit="kernel", file=sys.stderr,
+    _, already = pending_jobs(jobs, ws.latency_db, target, cfg.threads, cfg.passes)
+    bar = tqdm(total=len(jobs) * cfg.passes, initial=already, unit="kernel", file=sys.stderr,
                desc=f"measure {target.name}", disable=not cfg.progress)
     try:
         summary = run_measurements(jobs, ws.latency_db, target, threads=cfg.threads,
                                    repeats=cfg.repeats, device=_device(cfg),
-                                   tuning_log=cfg.tuning_log, progress=lambda r: bar.update(1))
+                                   tuning_log=cfg.tuning_log, progress=lambda r: bar.update(1),
+                                   passes=cfg.passes)
     finally:
         bar.close()
     if summary.failed:
@@ -309,8 +310,8 @@ STEPS: list[Step] = [
          files=_user_files),
     Step("measure", "time every layer at every bit pair on the target (latency.jsonl)",
          run_measure, lambda c, w: [w.latency_db, w.glue], lambda c, w: [w.layers],
-         ("target", "bits", "baselines", "threads", "repeats", "random_shapes", "seed",
-          "tuning_log", "rpc_tracker", "rpc_key")),
+         ("target", "bits", "baselines", "threads", "repeats", "passes", "random_shapes",
+          "seed", "tuning_log", "rpc_tracker", "rpc_key")),
     Step("fit", "fit the latency model (latency_model.json)", run_fit,
          lambda c, w: _model_files(w), lambda c, w: [w.latency_db], ("target", "seed")),
     Step("search", "train the supernet and choose the bits (search.json)", run_search,
