@@ -54,8 +54,9 @@ def _layers(model_spec: str, input_shape: str | None):
                    "another architecture).")
 @click.option("--glue/--no-glue", default=None,
               help="Also time the network's glue (8-bit first/last layers, pooling, adds, "
-                   "VM): compile --model at the two smallest uniform pairs, time "
-                   "each library and its kernels; costs two network compiles. Default: on "
+                   "VM), and how much slower the kernels run inside the network: compile "
+                   "--model at the two smallest and the largest uniform pair, time "
+                   "each library and its kernels; costs three network compiles. Default: on "
                    "for --model on this machine, off over RPC (not supported there).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, seed, bits,
@@ -133,14 +134,15 @@ def measure_cmd(target_name, db_path, model_spec, input_shape, space, count, see
 def _measure_glue(imported, target, threads, repeats, db_path, a_set, w_set) -> None:
     from mpqc.latency.glue_db import glue_pairs, measure_glue_record
     click.echo(f"glue of {imported.model_spec}: compiling and timing the network at its "
-               "two smallest uniform pairs ...", err=True)
+               "two smallest and its largest uniform pair ...", err=True)
     record, fresh = measure_glue_record(
         imported.model_spec, imported.input_shape, target, threads, repeats, db_path,
         glue_pairs(a_set, w_set), weights=imported.weights, layers=imported.layers)
     points = "; ".join(f"a{a}w{w}: library {lib:.4f} - kernels {k:.4f} ms"
                        for (a, w), lib, k in zip(record.pairs, record.library_ms,
                                                  record.kernels_ms))
-    click.echo(f"glue {record.glue_ms:.4f} ms ({points}; spread {record.spread_ms:.4f} ms)"
+    click.echo(f"network = {record.kernel_scale:.3f} x kernels + glue {record.glue_ms:.4f} ms "
+               f"({points})"
                + ("" if fresh else f", already in {db_path}"))
 
 
@@ -189,7 +191,8 @@ def fit_cmd(db_path, target_name, out_path, heldout, seed, allow_emulated, as_js
                f"{m['heldout_within_10pct']:.1%} within 10%, {m['heldout_within_5pct']:.1%} "
                f"within 5%, MAPE {m['heldout_mape']:.1%}")
     for key, ms in model.glue.items():
-        click.echo(f"glue {key}: {ms:.4f} ms")
+        click.echo(f"glue {key}: {model.kernel_scales.get(key, 1.0):.3f} x kernels + "
+                   f"{ms:.4f} ms")
     click.echo(f"wrote {out_path}")
 
 
@@ -213,7 +216,8 @@ def predict_cmd(model_file, model_spec, input_shape, config_text, threads, as_js
     model = LatencyModel.load(model_file)
     glue = model.glue_ms(model_spec, imported.input_shape, threads)
     result = predict_network(model, layers, parse_config(config_text, layers), threads,
-                             glue or 0.0)
+                             glue or 0.0,
+                             model.kernel_scale(model_spec, imported.input_shape, threads))
     if as_json:
         from mpqc.cli import _echo_json
         _echo_json({"target": model.target, "glue_measured": glue is not None,
@@ -224,7 +228,8 @@ def predict_cmd(model_file, model_spec, input_shape, config_text, threads, as_js
              "measured" if l.measured else "predicted"] for l in result.layers]
     click.echo(_table(rows, ["layer", "a", "w", "ms", "source"]))
     click.echo(f"total {result.total_ms:.4f} ms on {model.target}, {threads} thread(s)"
-               + (f" (glue {result.glue_ms:.4f} ms)" if glue is not None else
+               + (f" ({result.kernel_scale:.3f} x kernels + glue {result.glue_ms:.4f} ms)"
+                  if glue is not None else
                   " (bit-serial layers only: no glue measured for this network; "
                   "`mpqc measure --model` then `mpqc fit`)"))
 
@@ -336,7 +341,8 @@ def _bench_compiled(model, imported, chosen, target, threads, repeats, use_exact
     click.echo(_table(rows, ["config", "predicted ms", "library ms", "error"]))
     click.echo(f"mean absolute error {out['mean_abs_error']:.1%} over {out['configs']} "
                f"compiled configurations (max {out['max_abs_error']:.1%}); glue "
-               + (f"{result.glue_ms:.4f} ms" if result.glue_ms is not None else "not measured"))
+               + (f"{result.glue_ms:.4f} ms, kernels x {result.kernel_scale:.3f}"
+                  if result.glue_ms is not None else "not measured"))
 
 
 def register(group: click.Group) -> None:

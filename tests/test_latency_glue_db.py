@@ -80,7 +80,7 @@ def test_fit_carries_the_glue_of_its_target_and_predict_adds_it(tmp_path, model_
     append_jsonl(db, replace(glue_record(0.9), threads=4, versions={"schedules": "old"}).to_json())
     out = run("fit", "--db", db, "--out", tmp_path / "lm.json")
     assert out.exit_code == 0, out.output
-    assert "glue democnn|1x28x28|1: 0.0200 ms" in out.output
+    assert "glue democnn|1x28x28|1: 1.000 x kernels + 0.0200 ms" in out.output
     assert LatencyModel.load(tmp_path / "lm.json").glue == {
         model_glue_key("democnn", SHAPE, 1): 0.02}
     out = run("predict", "--model-file", tmp_path / "lm.json", "--model", "democnn", "--config",
@@ -107,6 +107,25 @@ def test_latency_cost_table_offset_is_the_models_glue(model_file):
     model = LatencyModel.load(model_file)
     net = predict_network(model, layers, config, 1, model.glue_ms("democnn", SHAPE, 1))
     assert glued.total(config) == pytest.approx(net.total_ms)
+
+
+def test_the_kernel_scale_of_the_network_prices_every_layer(model_file, tmp_path):
+    layers = describe_layers(build_model("democnn"), SHAPE)
+    model = LatencyModel.load(model_file)
+    model.kernel_scales = {model_glue_key("democnn", SHAPE, 1): 1.1}
+    scaled_file = model.save(tmp_path / "scaled.json")
+    plain = latency_cost_table(model_file, layers, (1, 2), (1, 2), model_spec="democnn")
+    scaled = latency_cost_table(scaled_file, layers, (1, 2), (1, 2), model_spec="democnn")
+    np.testing.assert_allclose(scaled.cost, 1.1 * plain.cost)
+    assert scaled.offset == plain.offset == pytest.approx(0.05)
+    config = {n: (1, 2) for n in scaled.names}
+    loaded = LatencyModel.load(scaled_file)
+    assert loaded.kernel_scale("democnn", SHAPE, 1) == 1.1
+    assert loaded.kernel_scale("democnn", SHAPE, 2) == 1.0   # never measured
+    net = predict_network(loaded, layers, config, 1, loaded.glue_ms("democnn", SHAPE, 1),
+                          loaded.kernel_scale("democnn", SHAPE, 1))
+    assert scaled.total(config) == pytest.approx(net.total_ms)
+    assert net.total_ms == pytest.approx(1.1 * sum(l.ms for l in net.layers) + 0.05)
 
 
 def test_search_helpers_meet_a_budget_that_includes_the_glue(model_file):
@@ -143,7 +162,10 @@ def test_measure_writes_glue_once_and_a_rerun_skips_it(tmp_path, monkeypatch):
     assert glue.pairs == ((1, 1), (1, 2)) and glue.repeats == 3 and not glue.emulated
     assert all(ms > 0 for ms in glue.library_ms + glue.kernels_ms)
     assert glue.kernels_ms[1] > glue.kernels_ms[0] * 0.8  # 2-bit weights: no cheaper
-    assert glue.glue_ms == pytest.approx(max(0.0, float(np.mean(glue.point_glue_ms))))
+    from mpqc.latency.glue import GluePoint, network_fit
+    points = [GluePoint(a, w, lib, k) for (a, w), lib, k in zip(glue.pairs, glue.library_ms,
+                                                               glue.kernels_ms)]
+    assert (glue.kernel_scale, glue.glue_ms) == pytest.approx(network_fit(points))
     assert glue.versions["schedules"] and glue.timestamp > 0 and glue.device.startswith("host:")
 
     import mpqc.latency.glue as glue_mod

@@ -152,7 +152,7 @@ def test_search_reads_the_latency_table_of_a_latency_model(tmp_path, monkeypatch
         return [l.name for l in chosen], ms
     monkeypatch.setattr(mpqc.latency.table, "latency_table", fake_table)
     import mpqc.search.objective   # no glue in this fake model (tested in test_latency_glue_db)
-    monkeypatch.setattr(mpqc.search.objective, "_glue_ms", lambda *a: 0.0)
+    monkeypatch.setattr(mpqc.search.objective, "_glue", lambda *a: (0.0, 1.0))
     out = tmp_path / "s.json"
     result = run("search", "--model", "democnn", "--data", "mnist", "--subset", "300",
                  "--latency-model", tmp_path / "lm.json", "--budget-ms", "0.5", "--bits", "1,2",

@@ -158,9 +158,11 @@ def predict_built(predictor, spec: NetworkSpec, program, target, source=None) ->
                          f"{spec.model} are not in the lowered program")
     config = {l.name: built[l.name] for l in layers if l.quantizable}
     glue = predictor.glue_ms(spec.model, shape, threads)
-    net = predict_network(predictor, layers, config, threads, glue or 0.0)
+    net = predict_network(predictor, layers, config, threads, glue or 0.0,
+                          predictor.kernel_scale(spec.model, shape, threads))
     return {"latency_model": str(source) if source else None, "target": predictor.target,
             "threads": threads, "batch": 1, "total_ms": net.total_ms, "glue_ms": net.glue_ms,
+            "kernel_scale": net.kernel_scale,
             "glue_measured": glue is not None,
             "layers": [dict(l.__dict__) for l in net.layers]}
 

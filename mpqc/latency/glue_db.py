@@ -2,10 +2,9 @@
 layers, measured on a compiled library (mpqc.latency.glue) and kept beside the layer
 records as lines with "kind": "glue".
 
-A glue line holds both uniform points it was measured at (the two smallest candidate
-pairs): their spread says how constant glue is across configurations. The glue
-a prediction adds is their mean, clamped at 0 (noise can make library - kernels
-negative for a tiny network). `mpqc fit` copies the target's glue into the latency model,
+A glue line holds the uniform points it was measured at and the line fitted through
+them (mpqc.latency.glue.network_fit): a network's prediction is kernel_scale x its
+kernels + glue_ms. `mpqc fit` copies the target's glue into the latency model,
 keyed by model spec, input shape and threads. A rerun skips what the file already holds
 for (target, model, input shape, threads) with today's kernels.
 """
@@ -30,12 +29,13 @@ class GlueRecord:
     pairs: tuple[tuple[int, int], ...]     # uniform (a, w) points, smallest first
     library_ms: tuple[float, ...]          # the compiled library at each point (median)
     kernels_ms: tuple[float, ...]          # its bit-serial kernels at that point, timed then
-    glue_ms: float                         # mean of library - kernels over points, >= 0
+    glue_ms: float                         # library = kernel_scale * kernels + glue_ms
     repeats: int = 0
     device: str = ""
     emulated: bool = False
     versions: dict = field(default_factory=dict)
     timestamp: float = 0.0
+    kernel_scale: float = 1.0              # lines written before it was fitted: 1
 
     @property
     def point_glue_ms(self) -> tuple[float, ...]:
@@ -114,12 +114,13 @@ def resolve_input_shape(model_spec: str, input_shape=None) -> tuple[int, int, in
 
 
 def glue_pairs(a_bits, w_bits) -> tuple[tuple[int, int], ...]:
-    """The two smallest uniform pairs of the candidate bits: glue is the library minus
-    its kernels, so it is timed where the kernels are a small part of the library (at
-    4x4 they are 95% of it, and a few percent of noise on them swamps the glue)."""
+    """The two smallest and the largest uniform pair of the candidate bits: the small
+    ones pin the glue (there the kernels are a small part of the library), the largest
+    the kernels' slowdown in the network (glue.network_fit)."""
     a_sorted, w_sorted = sorted(set(a_bits)), sorted(set(w_bits))
     pairs = ((a_sorted[0], w_sorted[0]), (a_sorted[min(1, len(a_sorted) - 1)],
-                                          w_sorted[min(1, len(w_sorted) - 1)]))
+                                          w_sorted[min(1, len(w_sorted) - 1)]),
+             (a_sorted[-1], w_sorted[-1]))
     return tuple(dict.fromkeys(pairs))
 
 
@@ -150,6 +151,7 @@ def measure_glue_record(model_spec: str, input_shape, target, threads: int, repe
         pairs=tuple((p.a_bits, p.w_bits) for p in m.points),
         library_ms=tuple(p.library_ms for p in m.points),
         kernels_ms=tuple(p.kernels_ms for p in m.points), glue_ms=m.glue_ms,
+        kernel_scale=m.kernel_scale,
         repeats=repeats, device=f"host:{socket.gethostname()}", emulated=False,
         versions=package_versions(), timestamp=now())
     append_jsonl(db_path, record.to_json())

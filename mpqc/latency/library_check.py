@@ -24,6 +24,7 @@ class CompiledCheck:
     measured_ms: list[float]         # the compiled library
     glue_ms: float | None            # None: the model holds no glue for this network
     use_exact: bool
+    kernel_scale: float = 1.0        # the kernels' slowdown in the network (glue.network_fit)
 
     @staticmethod
     def _errors(predicted, measured) -> list[float]:
@@ -38,6 +39,7 @@ class CompiledCheck:
         other = [abs(x) for x in self._errors(self.table_predicted_ms, self.measured_ms)]
         return {"configs": len(e), "compiled": True, "use_exact": self.use_exact,
                 "glue_ms": self.glue_ms, "glue_measured": self.glue_ms is not None,
+                "kernel_scale": self.kernel_scale,
                 "mean_abs_error": sum(e) / len(e), "max_abs_error": max(e),
                 "errors": self.errors, "predicted_ms": self.predicted_ms,
                 "measured_ms": self.measured_ms,
@@ -63,15 +65,16 @@ def check_compiled(model, model_spec: str, layers, input_shape, configs: list[di
                           "libraries are timed here only")
     shape = tuple(input_shape)
     glue = model.glue_ms(model_spec, shape, threads)
+    scale = model.kernel_scale(model_spec, shape, threads)
     shapes = {l.name: LayerShape.from_layer(l) for l in layers if l.quantizable}
     predicted, other = [], []
     with tempfile.TemporaryDirectory(prefix="mpqc-compiled-check-") as tmp:
         libraries = []
         for i, config in enumerate(configs):
             rows = [(shapes[n], a, w, threads) for n, (a, w) in config.items()]
-            predicted.append(float(model.predict_many(rows, use_exact=use_exact).sum())
+            predicted.append(scale * float(model.predict_many(rows, use_exact=use_exact).sum())
                              + (glue or 0.0))
-            other.append(float(model.predict_many(rows, use_exact=not use_exact).sum())
+            other.append(scale * float(model.predict_many(rows, use_exact=not use_exact).sum())
                          + (glue or 0.0))
             path = Path(tmp) / f"config{i}.json"
             path.write_text(json.dumps({n: list(p) for n, p in config.items()}))
@@ -87,4 +90,4 @@ def check_compiled(model, model_spec: str, layers, input_shape, configs: list[di
                                                                   threads=threads).median_ms)
         for i in range(len(libraries)):
             progress(i, measured[i], predicted[i])
-    return CompiledCheck(predicted, other, measured, glue, use_exact)
+    return CompiledCheck(predicted, other, measured, glue, use_exact, scale)

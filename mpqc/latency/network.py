@@ -27,16 +27,18 @@ class LayerLatency:
 
 @dataclass(frozen=True)
 class NetworkLatency:
-    layers: tuple[LayerLatency, ...]
+    layers: tuple[LayerLatency, ...]   # each kernel as timed alone
     glue_ms: float
     threads: int
+    kernel_scale: float = 1.0          # the kernels' slowdown in the network (glue.network_fit)
 
     @property
     def total_ms(self) -> float:
-        return sum(layer.ms for layer in self.layers) + self.glue_ms
+        return self.kernel_scale * sum(layer.ms for layer in self.layers) + self.glue_ms
 
     def to_json(self) -> dict:
-        return {"total_ms": self.total_ms, "glue_ms": self.glue_ms, "threads": self.threads,
+        return {"total_ms": self.total_ms, "glue_ms": self.glue_ms,
+                "kernel_scale": self.kernel_scale, "threads": self.threads,
                 "layers": [layer.__dict__ for layer in self.layers]}
 
 
@@ -74,7 +76,7 @@ def parse_config(text: str, layers) -> dict[str, tuple[int, int]]:
 
 
 def predict_network(model, layers, config: dict[str, tuple[int, int]], threads: int = 1,
-                    glue_ms: float = 0.0) -> NetworkLatency:
+                    glue_ms: float = 0.0, kernel_scale: float = 1.0) -> NetworkLatency:
     """`model`: a LatencyModel; `layers`: the model's LayerInfo list."""
     chosen = [layer for layer in layers if layer.quantizable]
     rows = [(LayerShape.from_layer(layer), *config[layer.name], threads) for layer in chosen]
@@ -83,7 +85,7 @@ def predict_network(model, layers, config: dict[str, tuple[int, int]], threads: 
     for layer, row, value in zip(chosen, rows, ms):
         measured = model.exact_key(*row) in model.exact
         out.append(LayerLatency(layer.name, row[1], row[2], float(value), measured))
-    return NetworkLatency(tuple(out), glue_ms, threads)
+    return NetworkLatency(tuple(out), glue_ms, threads, kernel_scale)
 
 
 def random_configs(layers, a_bits, w_bits, count: int, seed: int = 0) -> list[dict]:

@@ -56,6 +56,7 @@ class LatencyModel:
     exact: dict[str, float]                      # "shape|a|w|threads" -> median ms
     metrics: dict = field(default_factory=dict)
     glue: dict[str, float] = field(default_factory=dict)  # "model|CxHxW|threads" -> ms
+    kernel_scales: dict[str, float] = field(default_factory=dict)  # same keys (glue.network_fit)
 
     @staticmethod
     def exact_key(shape: LayerShape, a: int, w: int, threads: int) -> str:
@@ -81,6 +82,12 @@ class LatencyModel:
         from mpqc.latency.glue_db import model_glue_key
         return self.glue.get(model_glue_key(model_spec, input_shape, threads))
 
+    def kernel_scale(self, model_spec: str, input_shape, threads: int = 1) -> float:
+        """How much slower the network runs its kernels than they were timed alone
+        (1: never measured)."""
+        from mpqc.latency.glue_db import model_glue_key
+        return self.kernel_scales.get(model_glue_key(model_spec, input_shape, threads), 1.0)
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +99,7 @@ class LatencyModel:
         meta = {"format": FORMAT, "target": self.target, "target_word_bits": self.target_word_bits,
                 "tiles": list(self.tiles), "features": {k: list(v) for k, v in FEATURES.items()},
                 "parts": trees, "exact": self.exact, "metrics": self.metrics,
-                "glue": self.glue}
+                "glue": self.glue, "kernel_scales": self.kernel_scales}
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(meta, indent=1))
         tmp.replace(path)
@@ -126,7 +133,8 @@ class LatencyModel:
             parts[part] = PartModel(part, info["base_coef"], booster)
         return LatencyModel(meta["target"], meta["target_word_bits"], tuple(meta["tiles"]),
                             parts, meta["exact"], meta.get("metrics", {}),
-                            meta.get("glue", {}))  # files fitted before glue have none
+                            meta.get("glue", {}),  # files fitted before glue have none
+                            meta.get("kernel_scales", {}))
 
 
 def usable_records(records: list[LatencyRecord], target: str,
@@ -251,13 +259,15 @@ def fit_latency_model(records: list[LatencyRecord], target, heldout_fraction: fl
         "base_coef": {k: m.base_coef for k, m in model.parts.items()},
     }
     model.glue = glue_table(glue, target.name, allow_emulated)
+    model.kernel_scales = glue_table(glue, target.name, allow_emulated, "kernel_scale")
     model.metrics["glue_networks"] = len(model.glue)
     if not all(math.isfinite(v) for v in (scores["mape"],)):
         raise ConfigError("latency model evaluation produced a non-finite error")
     return model
 
 
-def glue_table(glue_records, target: str, allow_emulated: bool = False) -> dict[str, float]:
+def glue_table(glue_records, target: str, allow_emulated: bool = False,
+               field_name: str = "glue_ms") -> dict[str, float]:
     from mpqc.latency.glue_db import current_glue, model_glue_key
-    return {model_glue_key(r.model, r.input_shape, r.threads): r.glue_ms
+    return {model_glue_key(r.model, r.input_shape, r.threads): getattr(r, field_name)
             for r in current_glue(glue_records, target, allow_emulated).values()}

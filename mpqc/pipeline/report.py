@@ -68,6 +68,7 @@ def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
         "verified_exact": bool(verify["exact"]), "max_abs_diff": verify["max_abs_diff"],
         "measured_ms": measured, "predicted_ms": finetune["predicted_ms"], "budget_ms": budget,
         "predicted_glue_ms": glue["glue_ms"], "glue_measured": glue["measured"],
+        "kernel_scale": glue.get("kernel_scale", 1.0),
         "within_budget": within, "within_budget_ms": within_ms,
         "budget_check": "same-run ratio" if same_run else "ms",
         "same_run": same_run,
@@ -146,7 +147,9 @@ def _markdown(cfg, summary, per_layer, points, plots) -> str:
               f"{_fmt(l['measured_ms'])} |" for l in per_layer]
     kernels = sum(l["measured_ms"] or 0 for l in per_layer)
     lines += ["", "Predicted: what the search counted for the layer (its kernels measured by "
-              "the measure step, or the latency model's prediction). Measured: the layer's "
+              "the measure step, or the latency model's prediction, times "
+              f"{s['kernel_scale']:.3f}: the kernels' measured slowdown inside the network, "
+              "glue.json). Measured: the layer's "
               "bit-packing and convolution inside the library (VM call profile, median of "
               "the benchmark's repeats; about 1 us of hook per call)."
               + (f" The rest of the library (8-bit first/last layers, pooling, glue, VM) took "

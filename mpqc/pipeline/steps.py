@@ -155,7 +155,8 @@ def _request(cfg, ws, out, **extra):
                   target=cfg.target, cost="latency", latency_model=str(ws.latency_model),
                   budget_ms=cfg.budget_ms, budget_ratio=cfg.budget_ratio, bits=cfg.bits,
                   subset=cfg.subset, threads=cfg.threads, checkpoint=ws.search_checkpoint,
-                  glue_ms=float(_read_json(ws.glue)["glue_ms"]))
+                  glue_ms=float(_read_json(ws.glue)["glue_ms"]),
+                  kernel_scale=float(_read_json(ws.glue).get("kernel_scale", 1.0)))
     fields.update(extra)
     return SearchRequest(**fields)
 

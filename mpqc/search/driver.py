@@ -29,6 +29,7 @@ class SearchRequest:
     checkpoint: Path | None = None     # default: the result JSON's name + .ckpt
     glue_ms: float | None = None       # latency outside the searched layers; None: the
                                        # latency model's glue for the network (0 if none)
+    kernel_scale: float = 1.0          # with glue_ms: the kernels' slowdown in the network
 
 
 def checkpoint_path(request: SearchRequest) -> Path:
@@ -66,10 +67,12 @@ def cost_table(request: SearchRequest, layers, candidates, input_shape=None):
             raise ConfigError("a latency cost needs a latency model (make one with `mpqc "
                               "measure` and `mpqc fit`), or use the bitops cost")
         from dataclasses import replace
+        given = request.glue_ms is not None   # the caller measured the glue: not the model's
         table = latency_cost_table(request.latency_model, layers, candidates, candidates,
-                                   request.threads, model_spec=request.model,
+                                   request.threads, model_spec=None if given else request.model,
                                    input_shape=input_shape)
-        return table if request.glue_ms is None else replace(table, offset=request.glue_ms)
+        return replace(table, offset=request.glue_ms,
+                       cost=table.cost * request.kernel_scale) if given else table
     return bitops_table(layers, candidates, candidates)
 
 

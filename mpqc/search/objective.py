@@ -64,16 +64,20 @@ def latency_cost_table(model_file, layers, a_bits, w_bits, threads: int = 1,
         raise ConfigError(f"latency model {model_file} gave an unusable table (shape "
                           f"{ms.shape}, expected {(len(names), len(a_bits), len(w_bits))}, "
                           "positive finite entries)")
-    offset = _glue_ms(model_file, model_spec, input_shape, threads) if model_spec else 0.0
-    return CostTable(tuple(names), tuple(a_bits), tuple(w_bits), ms, "ms", offset)
+    offset, scale = _glue(model_file, model_spec, input_shape, threads) if model_spec \
+        else (0.0, 1.0)
+    return CostTable(tuple(names), tuple(a_bits), tuple(w_bits), ms * scale, "ms", offset)
 
 
-def _glue_ms(model_file, model_spec: str, input_shape, threads: int) -> float:
+def _glue(model_file, model_spec: str, input_shape, threads: int) -> tuple[float, float]:
+    """(glue ms, kernel scale) the model measured for the network ((0, 1) if never):
+    each layer then costs what it costs inside the network."""
     from mpqc.latency.glue_db import resolve_input_shape
     from mpqc.latency.predictor import LatencyModel
-    glue = LatencyModel.load(model_file).glue_ms(
-        model_spec, resolve_input_shape(model_spec, input_shape), threads)
-    return float(glue or 0.0)
+    model = LatencyModel.load(model_file)
+    shape = resolve_input_shape(model_spec, input_shape)
+    return float(model.glue_ms(model_spec, shape, threads) or 0.0), \
+        model.kernel_scale(model_spec, shape, threads)
 
 
 def expected_cost(mixed_layers: dict, table: CostTable) -> torch.Tensor:
