@@ -18,3 +18,11 @@ spend_slack_option = click.option(
     "--spend-slack/--argmax-only", default=True, show_default=True,
     help="After the argmax, raise the bits the strengths want most per unit of cost "
          "while the configuration stays within the budget.")
+
+def margin_option(default: float):
+    return click.option(
+        "--margin", type=click.FloatRange(0.0, 0.5), default=default, show_default=True,
+        help="Keep the chosen configuration's predicted latency under (1 - margin) x the "
+             "budget: a compiled library measures within about 2% of its prediction, "
+             "either side, and the search otherwise fills the budget to the last "
+             "microsecond.")

@@ -42,6 +42,7 @@ class SearchSettings:
     gamma_max: float = 0.05      # BP-NAS Prob-1 weight at the last step (annealed from 0)
     clip_k: float | None = 3.0   # scale-clip distribution reshaping (None: off)
     spend_slack: bool = True     # raise bits of the argmax while it stays within budget
+    margin: float = 0.0          # the chosen configuration stays under (1 - margin) x budget
     seed: int = 0
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -335,10 +336,13 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
                            world)
             argmax = {n: m.chosen() for n, m in mixed.items()}
             preference = _preferences(mixed, table)
-            config = repair_to_budget(argmax, table, budget, preference)
+            # the choice keeps the margin (a library measures within ~2% of its
+            # prediction, either side); never below what the table can reach
+            target = max(budget * (1 - settings.margin), table.minimum())
+            config = repair_to_budget(argmax, table, target, preference)
             raised = []
             if settings.spend_slack:
-                config, raised = spend_slack(config, table, budget, preference)
+                config, raised = spend_slack(config, table, target, preference)
             qmodel = _quantized_from_supernet(model, supernet, config, shape)
             state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
                          argmax={n: list(v) for n, v in argmax.items()}, raised=raised,
