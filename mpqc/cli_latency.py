@@ -162,8 +162,10 @@ def _measure_glue(imported, target, threads, repeats, db_path, a_set, w_set) -> 
 def fit_cmd(db_path, target_name, out_path, heldout, seed, allow_emulated, as_json):
     """Fit the latency predictor (XGBoost + exact table) of one target.
 
-    The glue measured for networks (`mpqc measure --model M`) is copied into the
-    model, so that `mpqc predict`, the search and `mpqc compile` add it.
+    A kernel measured in several passes (`mpqc measure --passes N`) counts once, at its
+    fastest pass. The glue measured for networks (`mpqc measure --model M`: kernel scale
+    and glue) is copied into the model, so that `mpqc predict`, the search and `mpqc
+    compile` price a network as it runs.
 
     The reported error is held out by layer shape: the records of a random 20% of the
     shapes are predicted by a model fitted on the others. The saved model is then

@@ -140,7 +140,7 @@ def measure_glue_record(model_spec: str, input_shape, target, threads: int, repe
         raise DeviceError("glue is timed on this machine only (a library's time over RPC is "
                           "not taken: boards may be emulated); measure it on the board with "
                           "mpqc on it, or leave it out with --no-glue")
-    pairs = tuple(tuple(p) for p in (pairs or ((1, 1), (2, 2))))
+    pairs = tuple(tuple(p) for p in (pairs or ((1, 1), (2, 2), (4, 4))))
     if layers is None:
         from mpqc.importer import import_model
         layers = import_model(model_spec, weights, shape).layers
