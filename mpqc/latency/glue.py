@@ -80,11 +80,10 @@ def network_fit(points) -> tuple[float, float]:
 def kernels_ms(records, layers, target: str, a: int, w: int, threads: int) -> float:
     """Sum of the measured kernels (database medians, the fastest pass of each) of the
     model's searched layers."""
+    from mpqc.latency.predictor import fastest_passes
     from mpqc.latency.records import LayerShape, current, job_key
-    measured: dict = {}
-    for r in records:
-        if r.ok and current(r):
-            measured[r.key] = min(measured.get(r.key, r.median_ms), r.median_ms)
+    measured = {r.key: r.median_ms
+                for r in fastest_passes([r for r in records if r.ok and current(r)])}
     total = 0.0
     for layer in layers:
         if not layer.quantizable:

@@ -189,11 +189,10 @@ def fastest_passes(records: list[LatencyRecord]) -> list[LatencyRecord]:
     """One record per (shape, a, w, threads): the fastest of its passes. Interference
     on a shared machine only ever slows a kernel down, so the fastest pass is the one
     closest to what the kernel costs (and the one a rerun reproduces)."""
-    best: dict[str, LatencyRecord] = {}
+    best: dict[tuple, LatencyRecord] = {}
     for r in records:
-        key = LatencyModel.exact_key(r.shape, r.a_bits, r.w_bits, r.threads)
-        if key not in best or r.median_ms < best[key].median_ms:
-            best[key] = r
+        if r.key not in best or r.median_ms < best[r.key].median_ms:
+            best[r.key] = r
     return list(best.values())
 
 
