@@ -35,10 +35,10 @@ FEATURES = {
 def _counts(shape: LayerShape, a: int, w: int, word_bits: int, tiles: tuple[int, int]) -> dict:
     oh, ow = shape.out_hw
     word = pack_word_for(shape.cin, word_bits)
-    words = math.ceil(shape.cin / word)
     spec = ConvSpec(n=1, h=shape.h, w=shape.w, cin=shape.cin, cout=shape.cout,
                     kernel=shape.kernel, stride=shape.stride, padding=shape.padding,
                     a_bits=a, w_bits=w, word_bits=word)
+    words = spec.words
     hp, wp = shape.h + 2 * shape.padding, shape.w + 2 * shape.padding
     tile_w = largest_divisor_at_most(ow, tiles[0])
     tile_co = channel_tile(shape.cout, tiles[1])

@@ -186,7 +186,7 @@ def _fit_part(part: str, rows, ms: np.ndarray, word_bits: int, tiles, seed: int)
 
 
 def fastest_passes(records: list[LatencyRecord]) -> list[LatencyRecord]:
-    """One record per (shape, a, w, threads): the fastest of its passes. Interference
+    """One record per kernel (target, shape, a, w, threads): the fastest of its passes. Interference
     on a shared machine only ever slows a kernel down, so the fastest pass is the one
     closest to what the kernel costs (and the one a rerun reproduces)."""
     best: dict[tuple, LatencyRecord] = {}
