@@ -19,10 +19,12 @@ from mpqc.errors import ConfigError, DeviceError, last_line
 
 
 class Library:
-    def __init__(self, path: Path, manifest: dict, vm, device, session=None):
+    def __init__(self, path: Path, manifest: dict, module, device, session=None):
+        from tvm import relax
         self.path = path
         self.manifest = manifest
-        self._vm = vm
+        self._module = module
+        self._vm = relax.VirtualMachine(module, device)
         self._dev = device
         self._session = session  # keeps a remote session alive
         self.batch = int(manifest["batch"])
@@ -90,44 +92,37 @@ class Library:
                             repeats=repeats)
 
     def profile(self, repeats: int = 30, threads: int | None = None) -> dict[str, float]:
-        """{called function: median ms per run} over `repeats` runs of one batch, from
-        the VM's instrument hook around every call (kernels, fused glue, allocations).
-        The hook adds about a microsecond per call; use time() for the network's total."""
-        import time as clock
-
+        """{kernel: median ms} of every kernel the network calls (bit-packing, bit-serial
+        and direct convolutions), each timed alone on zero inputs of its argument shapes
+        from the manifest, as the latency model measures kernels: their time does not
+        depend on the data. The network's total is time()."""
         import tvm
-        from mpqc.bench.timing import pinned_threads
+        from mpqc.bench.timing import pinned_threads, time_tvm
         if self.remote:
             raise DeviceError("profiling over RPC is not supported; profile on the device")
-        per_run: dict[str, float] = {}
-        started: dict[str, float] = {}
-
-        def instrument(func, name, before_run, ret_value, *args):
-            now = clock.perf_counter()
-            if before_run:
-                started[name] = now
-            else:
-                per_run[name] = per_run.get(name, 0.0) + now - started.pop(name, now)
-            return 0  # VMInstrumentReturnKind.NO_OP
-
-        x = tvm.runtime.tensor(np.zeros((self.batch, *self.input_shape), np.float32), self._dev)
-        samples: dict[str, list[float]] = {}
+        kernels = self.manifest.get("kernels")
+        if not kernels:
+            raise DeviceError(f"{self.path.name}: its manifest lists no kernels (built by an "
+                              "older mpqc); rebuild it with `mpqc compile`")
+        code = self._code_module()
+        out = {}
         with pinned_threads(threads or 1):
-            self._vm["main"](x)  # warm-up
-            self._vm.set_instrument(instrument)
-            try:
-                for _ in range(max(repeats, 1)):
-                    per_run.clear()
-                    self._vm["main"](x)
-                    for name, seconds in per_run.items():
-                        samples.setdefault(name, []).append(seconds * 1e3)
-            finally:
-                self._vm.set_instrument(None)
-        if not samples:
-            raise DeviceError(f"{self.path.name}: the VM reported no calls to profile (a "
-                              "library built with exec_mode='compiled' runs no instrument "
-                              "hook); rebuild it with `mpqc compile`")
-        return {name: float(np.median(v)) for name, v in samples.items()}
+            for name, signature in kernels.items():
+                args = [tvm.runtime.tensor(np.zeros(shape, dtype), self._dev)
+                        for shape, dtype in signature]
+                try:
+                    out[name] = time_tvm(code, name, self._dev, args, repeats=repeats).median_ms
+                except Exception as exc:
+                    raise DeviceError(f"{self.path.name}: timing kernel {name} failed: "
+                                      f"{last_line(exc)}") from exc
+        return out
+
+    def _code_module(self):
+        """The module that holds the compiled kernels (the executable imports it)."""
+        for module in [self._module, *self._module.imports]:
+            if module.kind != "relax.VMExecutable":
+                return module
+        raise DeviceError(f"{self.path.name}: no compiled kernels found in the library")
 
 
 def _manifest(path: Path) -> dict:
@@ -139,7 +134,6 @@ def load(path, device=None) -> Library:
     """Load a library built by `mpqc compile`; `device` (mpqc.remote.RpcDevice) runs it
     on a remote board, otherwise it must run on this machine."""
     import tvm
-    from tvm import relax
 
     path = Path(path)
     if not path.is_file():
@@ -157,14 +151,14 @@ def load(path, device=None) -> Library:
         except Exception as exc:
             raise DeviceError(f"cannot load {path}: {last_line(exc)}") from exc
         dev = tvm.cpu()
-        return Library(path, manifest, relax.VirtualMachine(lib, dev), dev)
+        return Library(path, manifest, lib, dev)
     from mpqc.remote import connect
     session = connect(device)
     try:
         session.upload(str(path))
         lib = session.load_module(path.name)
         dev = session.cpu()
-        return Library(path, manifest, relax.VirtualMachine(lib, dev), dev, session)
+        return Library(path, manifest, lib, dev, session)
     except Exception as exc:
         raise DeviceError(f"loading {path.name} on {device} failed: {last_line(exc)}") from exc
 

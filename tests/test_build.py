@@ -96,6 +96,36 @@ def test_library_runs_through_the_runtime(resnet20_libraries):
     np.testing.assert_array_equal(lib(images[:1]), logits[:1])
 
 
+def test_library_profile_times_every_kernel_alone(resnet20_libraries):
+    """The library runs the VM in compiled mode (no instrument hook): its manifest lists
+    every kernel main calls with argument shapes, and profile() times each one alone."""
+    from mpqc import runtime
+    from mpqc.errors import DeviceError
+    result = resnet20_libraries["mixed"]
+    assert result.manifest["exec_mode"] == "compiled"
+    kernels = result.manifest["kernels"]
+    searched = [l["name"].replace(".", "_") for l in result.manifest["layers"]
+                if l["impl"] == "bitserial"]
+    assert len(searched) == 18
+    for name in searched:
+        assert f"bitpack_{name}" in kernels and f"conv_{name}" in kernels
+    # the conv's arguments: packed planes, packed weights, epilogue constants, output
+    # (the last conv hands int32 to the pooling, the others codes to the next layer)
+    for layer, out in (("layer2_1_conv1", [[1, 16, 16, 32], "uint8"]),
+                       ("layer3_2_conv2", [[1, 8, 8, 64], "int32"])):
+        a, w = RESNET20_MIXED[layer.replace("_", ".")]
+        planes, weights = kernels[f"conv_{layer}"][:2]
+        assert (planes[0][3], weights[0][2], kernels[f"conv_{layer}"][-1]) == (a, w, out)
+    lib = runtime.load(result.library)
+    profile = lib.profile(repeats=3)
+    assert set(profile) == set(kernels) and all(ms > 0 for ms in profile.values())
+    # the kernels alone take less than the network they make up
+    assert sum(profile.values()) < 2 * lib.time(repeats=5).median_ms
+    stale = runtime.Library(lib.path, {**lib.manifest, "kernels": {}}, lib._module, lib._dev)
+    with pytest.raises(DeviceError, match="rebuild it"):
+        stale.profile()
+
+
 def test_target_without_compiler_is_refused(tmp_path):
     arm = load_target("arm64-neon")
     bare = Target(**{**arm.__dict__, "cross_compiler": None})

@@ -71,13 +71,16 @@ def test_fit_carries_the_glue_of_its_target_and_predict_adds_it(tmp_path, model_
     assert model.glue_ms("democnn", SHAPE, 2) is None
     assert model.glue_ms("resnet20", (3, 32, 32)) is None
     assert model.metrics["glue_networks"] == 1
-    # through the command line: glue of another target or stale kernels is left out
+    # through the command line: glue of another target, stale kernels or a library
+    # built another way (an older LIBRARY_FORMAT: the VM in bytecode mode) is left out
     db = tmp_path / "lat.jsonl"
     for r in host_records():
         append_jsonl(db, r.to_json())
     append_jsonl(db, glue_record(0.02).to_json())
     append_jsonl(db, replace(glue_record(0.9), target="x86-avx2").to_json())
     append_jsonl(db, replace(glue_record(0.9), threads=4, versions={"schedules": "old"}).to_json())
+    append_jsonl(db, replace(glue_record(0.9), threads=3,
+                             versions={**package_versions(), "library": 1}).to_json())
     out = run("fit", "--db", db, "--out", tmp_path / "lm.json")
     assert out.exit_code == 0, out.output
     assert "glue democnn|1x28x28|1: 1.000 x kernels + 0.0200 ms" in out.output

@@ -1,0 +1,6 @@
+"""Deployable libraries: compile (lower + build + manifest), verify, bench, ONNX export."""
+
+# Bumped whenever the way a network library is built changes its speed (the VM's
+# execution mode, the default pipeline's passes): glue measured on libraries of another
+# format is stale, and the pipeline rebuilds its library. 2: the VM in compiled mode.
+LIBRARY_FORMAT = 2

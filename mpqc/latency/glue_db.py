@@ -94,11 +94,14 @@ def read_glue(path: str | Path) -> list[GlueRecord]:
 
 
 def current_glue(records, target: str, allow_emulated: bool = False) -> dict[tuple, GlueRecord]:
-    """The latest glue of each (target, model, shape, threads) measured with today's kernels."""
+    """The latest glue of each (target, model, shape, threads) measured with today's
+    kernels on today's kind of library (mpqc.build.LIBRARY_FORMAT)."""
+    from mpqc.build import LIBRARY_FORMAT
     from mpqc.schedules import SCHEDULE_VERSION
     out: dict[tuple, GlueRecord] = {}
     for r in sorted(records, key=lambda r: r.timestamp):
         if r.target == target and r.versions.get("schedules") == SCHEDULE_VERSION \
+                and r.versions.get("library", 1) == LIBRARY_FORMAT \
                 and (allow_emulated or not r.emulated):
             out[r.key] = r
     return out

@@ -167,8 +167,9 @@ def measured_counts(records: list[LatencyRecord]) -> dict[tuple, int]:
 def package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
+    from mpqc.build import LIBRARY_FORMAT
     from mpqc.schedules import SCHEDULE_VERSION
-    out = {"schedules": SCHEDULE_VERSION}
+    out = {"schedules": SCHEDULE_VERSION, "library": LIBRARY_FORMAT}
     for name in ("apache-tvm", "mpqc", "numpy"):
         try:
             out[name] = version(name)

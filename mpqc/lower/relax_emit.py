@@ -245,3 +245,20 @@ def emit_module(program: Program, knobs_for, float_lanes: int = 8,
     except Exception as exc:  # TVM's own errors: name where the emission stopped
         from mpqc.errors import last_line
         raise BuildError(f"emitting the Relax module failed: {last_line(exc)}") from exc
+
+
+def kernel_signatures(module: tvm.IRModule, func: str = "main") -> dict[str, list]:
+    """{prim func: [[shape, dtype] of each argument, the output last]} of every kernel
+    that `func` calls (call_tir): what a profiler needs to run each kernel alone."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    found: dict[str, list] = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            types = [arg.ty for arg in expr.args[1].fields] + list(expr.ty_args)
+            found[expr.args[0].name_hint] = [[[int(d) for d in t.shape], str(t.dtype)]
+                                             for t in types]
+
+    relax.analysis.post_order_visit(module[func].body, visit)
+    return found
+

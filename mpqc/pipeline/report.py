@@ -14,8 +14,8 @@ def _read(path: Path) -> dict:
 
 def layer_latencies(search: dict, bench: dict) -> list[dict]:
     """Per searched layer: the latency the search counted (the latency table: measured
-    kernels, predictions where none was measured) and the time of the layer's kernels
-    (bit-packing + convolution) inside the library, from the benchmark's profile."""
+    kernels, predictions where none was measured) and the time of the library's kernels
+    of the layer (bit-packing + convolution), each timed alone (Library.profile)."""
     profile = bench.get("profile") or {}
     rows = []
     for entry in search["layers"]:
@@ -109,7 +109,7 @@ def _plots(cfg, ws, summary, points, per_layer) -> list[str]:
     ax.bar([i - 0.2 for i in x], [l["predicted_ms"] for l in per_layer], 0.4,
            label="predicted (search's table)")
     ax.bar([i + 0.2 for i in x], [l["measured_ms"] or 0 for l in per_layer], 0.4,
-           label="measured in the library")
+           label="measured (library kernels, alone)")
     ax.set_xticks(list(x), names, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("ms")
     ax.set_title("latency per layer at its bits")
@@ -142,20 +142,22 @@ def _markdown(cfg, summary, per_layer, points, plots) -> str:
              f"{_fmt(s['speedup_vs_ort_int8'], '.2f')}x vs onnxruntime int8 |",
              f"| library | `{s['so_path']}` |", f"| manifest | `{s['manifest_path']}` |", "",
              "## Layers", "",
-             "| layer | a | w | predicted ms | measured in the library ms |", "|---|---|---|---|---|"]
+             "| layer | a | w | predicted ms | measured alone ms |", "|---|---|---|---|---|"]
     lines += [f"| {l['name']} | {l['a']} | {l['w']} | {l['predicted_ms']:.4f} | "
               f"{_fmt(l['measured_ms'])} |" for l in per_layer]
     kernels = sum(l["measured_ms"] or 0 for l in per_layer)
+    alone = sum(l["predicted_ms"] for l in per_layer) / s["kernel_scale"]
     lines += ["", "Predicted: what the search counted for the layer (its kernels measured by "
               "the measure step, or the latency model's prediction, times "
               f"{s['kernel_scale']:.3f}: the kernels' measured slowdown inside the network, "
               "glue.json). Measured: the layer's "
-              "bit-packing and convolution inside the library (VM call profile, median of "
-              "the benchmark's repeats; about 1 us of hook per call)."
-              + (f" The rest of the library (8-bit first/last layers, pooling, glue, VM) took "
-                 f"{s['measured_ms'] - kernels:.4f} ms; the prediction counted "
-                 f"{s['predicted_glue_ms']:.4f} ms for it (measured at uniform bits, "
-                 "glue.json)." if s["measured_ms"] else ""), "",
+              "bit-packing and convolution kernels of the library, each timed alone "
+              "(median of the benchmark's repeats), as the measure step times them."
+              + (f" The library took {s['measured_ms'] - kernels:.4f} ms more than its "
+                 "searched layers timed alone (8-bit first/last layers, pooling, glue, the "
+                 "VM, and the layers' slowdown inside the network); the prediction counted "
+                 f"{s['predicted_ms'] - alone:.4f} ms more than its layers alone." \
+                 if s["measured_ms"] else ""), "",
               "## Accuracy against predicted latency", "",
               "| run | predicted ms | accuracy |", "|---|---|---|"]
     lines += [f"| {p['label']} | {p['predicted']:.4f} | {p['accuracy']:.2%} |" for p in points]

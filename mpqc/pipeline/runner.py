@@ -49,7 +49,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# steps whose artifacts depend on the kernels' code: a new SCHEDULE_VERSION redoes them
+# steps whose artifacts depend on the kernels' code or the library's build: a new
+# SCHEDULE_VERSION or LIBRARY_FORMAT redoes them
 # (and, through their artifacts, every step after them)
 KERNEL_STEPS = ("measure", "lower", "build")
 
@@ -58,8 +59,9 @@ def inputs_hash(step: Step, cfg: PipelineConfig, ws: Workspace) -> str:
     parts = {"step": step.name, "options": {k: getattr(cfg, k) for k in step.options},
              "reads": {}, "files": {}}
     if step.name in KERNEL_STEPS:
+        from mpqc.build import LIBRARY_FORMAT
         from mpqc.schedules import SCHEDULE_VERSION
-        parts["schedules"] = SCHEDULE_VERSION
+        parts["schedules"], parts["library"] = SCHEDULE_VERSION, LIBRARY_FORMAT
     for path in step.reads(cfg, ws):
         if not path.is_file():
             raise ConfigError(f"step {step.name} needs {path.name}, which an earlier step "
