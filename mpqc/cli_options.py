@@ -16,8 +16,16 @@ gamma_option = click.option(
 
 spend_slack_option = click.option(
     "--spend-slack/--argmax-only", default=True, show_default=True,
-    help="After the argmax, raise the bits the strengths want most per unit of cost "
-         "while the configuration stays within the budget.")
+    help="After the argmax, raise bits while the configuration stays within the budget "
+         "(with --choice loss: only raises that lower the validation loss, best per ms).")
+
+choice_option = click.option(
+    "--choice", type=click.Choice(["loss", "strengths"]), default="loss", show_default=True,
+    help="How the argmax is moved into the budget (and, with --spend-slack, up to it): "
+         "'loss' prices every one-step move by the supernet's loss on 2048 validation "
+         "images (a minute or two on ResNet-20); 'strengths' by the strengths alone, "
+         "which near one-hot cannot tell a harmless drop from a costly one.")
+
 
 def margin_option(default: float):
     return click.option(

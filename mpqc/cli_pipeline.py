@@ -5,7 +5,8 @@ import sys
 
 import click
 
-from mpqc.cli_options import gamma_option, lr_option, margin_option, spend_slack_option
+from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_option,
+                               spend_slack_option)
 
 from mpqc.pipeline.steps import STEP_NAMES, STEPS
 
@@ -69,6 +70,7 @@ Steps:
 @gamma_option
 @lr_option
 @spend_slack_option
+@choice_option
 @margin_option(0.03)
 @click.option("--bits", default="1,2,3,4", show_default=True, help="Candidate bit-widths (a and w).")
 @click.option("--baseline", "baselines", multiple=True, metavar="A,W",
@@ -97,7 +99,7 @@ Steps:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
                  budget_ratio, workdir, from_step, until_step, method, gamma_max, lr, spend_slack,
-                 margin,
+                 choice, margin,
                  bits, baselines, epochs, finetune_epochs, fp32_epochs, subset, batch_size,
                  seed, threads, random_shapes, repeats, passes, rpc_tracker, rpc_key,
                  tuning_log, quiet):
@@ -110,7 +112,8 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
     cfg = PipelineConfig(model=model_spec, data=data_spec, weights=weights,
                          input_shape=_parse_shape(input_shape), target=target_name,
                          budget_ms=budget_ms, budget_ratio=budget_ratio, method=method,
-                         gamma_max=gamma_max, lr=lr, spend_slack=spend_slack, margin=margin,
+                         gamma_max=gamma_max, lr=lr, spend_slack=spend_slack, choice=choice,
+                         margin=margin,
                          bits=bits, epochs=epochs, finetune_epochs=finetune_epochs,
                          fp32_epochs=fp32_epochs, subset=subset, batch_size=batch_size,
                          seed=seed, threads=threads, random_shapes=random_shapes,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from mpqc.cli_options import gamma_option, lr_option, margin_option, spend_slack_option
+from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_option,
+                               spend_slack_option)
 
 
 @click.command("search")
@@ -39,6 +40,7 @@ from mpqc.cli_options import gamma_option, lr_option, margin_option, spend_slack
 @click.option("--clip-k", type=float, default=3.0, show_default=True,
               help="Scale-clip: weights clipped to +-k mean|W| in the supernet (0: off).")
 @spend_slack_option
+@choice_option
 @margin_option(0.0)
 @click.option("--subset", type=int, default=None, help="Use N training images (and N/5 val/test).")
 @click.option("--batch-size", default=128, show_default=True)
@@ -49,8 +51,8 @@ from mpqc.cli_options import gamma_option, lr_option, margin_option, spend_slack
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
                budget_ratio, method, bits, uniform, epochs, finetune_epochs, fp32_epochs, lr, lam, mu,
-               gamma_max, clip_k, spend_slack, margin, subset, batch_size, seed, threads, out_path,
-               quiet):
+               gamma_max, clip_k, spend_slack, choice, margin, subset, batch_size, seed, threads,
+               out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
     Alternates weight steps (train split) and strength steps (validation split) of an
@@ -99,7 +101,7 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
                               fp32_epochs=fp32_epochs, batch_size=batch_size, lr=lr, lam=lam, mu=mu,
                               gamma_max=gamma_max, clip_k=clip_k or None,
-                              spend_slack=spend_slack, margin=margin, seed=seed,
+                              spend_slack=spend_slack, choice=choice, margin=margin, seed=seed,
                               progress=not quiet)
     world = join_world()
     if world.distributed:  # the processes share the machine's cores

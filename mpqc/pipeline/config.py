@@ -17,6 +17,7 @@ class PipelineConfig:
     method: str = "bpnas"
     gamma_max: float = 0.05     # BP-NAS Prob-1 weight at the end of the search
     spend_slack: bool = True    # raise the argmax's bits while within budget
+    choice: str = "loss"        # argmax -> budget by the supernet's loss, or "strengths"
     margin: float = 0.03        # chosen configuration under (1 - margin) x budget (predicted)
     lr: float = 1e-3            # Adam rate of the weights in search and fine-tuning
     bits: str = "1,2,3,4"

@@ -145,7 +145,8 @@ def _settings(cfg):
     return SearchSettings(method=cfg.method, epochs=cfg.epochs,
                           finetune_epochs=cfg.finetune_epochs, fp32_epochs=cfg.fp32_epochs,
                           batch_size=cfg.batch_size, gamma_max=cfg.gamma_max,
-                          spend_slack=cfg.spend_slack, margin=cfg.margin, lr=cfg.lr,
+                          spend_slack=cfg.spend_slack, choice=cfg.choice, margin=cfg.margin,
+                          lr=cfg.lr,
                           seed=cfg.seed, progress=cfg.progress)
 
 
@@ -293,7 +294,8 @@ def run_report(cfg, ws):
 
 # --- the list ---------------------------------------------------------------------------
 _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
-                   "method", "gamma_max", "spend_slack", "margin", "lr", "bits", "baselines",
+                   "method", "gamma_max", "spend_slack", "choice", "margin", "lr", "bits",
+                   "baselines",
                    "epochs",
                    "finetune_epochs", "fp32_epochs", "subset", "batch_size", "seed", "threads")
 

@@ -127,6 +127,7 @@ def search_to_files(request: SearchRequest, settings, world=None,
               "start_expected_cost": result["start_expected_cost"],
               "fixed_layers": result["fixed_layers"], "world_size": result["world_size"],
               "argmax": result["argmax"], "raised": result["raised"],
+              "choice": result["choice"], "moves": result["moves"],
               "finetuned": qmodel is not None,
               "fp32_weights": request.weights or str(fp32_weights_path(out))}
     if qmodel is not None:

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mpqc.errors import ConfigError, ModelError, first_line
+from mpqc.search.choice import choose_by_loss, supernet_loss
 from mpqc.search.distributed import World, loader, replicas_agree, replicate, set_epoch
 from mpqc.search.objective import (CostTable, barrier_penalty, expected_cost, feasible_start,
                                    prob1_regularizer, repair_to_budget, spend_slack)
 from mpqc.supernet import is_mixed, make_supernet
 
 METHODS = ("ebs", "bpnas")
+CHOICES = ("loss", "strengths")
 
 
 @dataclass
@@ -42,6 +44,8 @@ class SearchSettings:
     gamma_max: float = 0.05      # BP-NAS Prob-1 weight at the last step (annealed from 0)
     clip_k: float | None = 3.0   # scale-clip distribution reshaping (None: off)
     spend_slack: bool = True     # raise bits of the argmax while it stays within budget
+    choice: str = "loss"         # argmax -> budget by the supernet's loss, or "strengths"
+    choice_images: int = 2048    # validation images that price each move (choice="loss")
     margin: float = 0.0          # the chosen configuration stays under (1 - margin) x budget
     seed: int = 0
     progress: bool = True
@@ -248,6 +252,38 @@ def _cost_at(strengths, values, mixed, table) -> float:
         return float(expected_cost(mixed, table))
 
 
+def _choose(supernet, mixed, argmax, table, target, val, settings, progress):
+    """The argmax moved into the budget (and, with spend_slack, up to it): by the
+    supernet's loss on the validation split (choice.py), or by the strengths alone."""
+    if settings.choice == "loss":
+        from torch.utils.data import DataLoader
+        batches = []
+        for images, labels in DataLoader(val, batch_size=settings.batch_size):
+            batches.append((images, labels))
+            if sum(len(y) for _, y in batches) >= settings.choice_images:
+                break
+        loss = supernet_loss(supernet, mixed, batches)
+        with tqdm(desc="choosing by loss", unit=" evaluations", leave=False,
+                  disable=not progress) as bar:
+            def counted(config):
+                bar.update(1)
+                return loss(config)
+            return choose_by_loss(argmax, table, target, counted, settings.spend_slack)
+    preference = _preferences(mixed, table)
+    config = repair_to_budget(argmax, table, target, preference)
+    moves = [{"layer": n, "from": list(argmax[n]), "to": list(config[n])}
+             for n in table.names if config[n] != argmax[n]]
+    if settings.spend_slack:
+        config, raised = spend_slack(config, table, target, preference)
+        moves += raised
+    for move in moves:
+        i = table.names.index(move["layer"])
+        move["cost_change"] = float(sum(
+            sign * table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
+            for sign, (a, w) in ((1, move["to"]), (-1, move["from"]))))
+    return config, moves
+
+
 def _uniform_epochs(model, pair, calib, train, val, table, settings, state, ckpt, world):
     """The baseline's counterpart of the search: as many QAT steps, on the same train
     batches and learning rate, as the search gives the supernet's weights."""
@@ -287,6 +323,8 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
         raise ConfigError(f"until={until!r}: 'search' or 'finetune'")
     if settings.method not in METHODS:
         raise ConfigError(f"method {settings.method!r} is not one of {METHODS}")
+    if settings.choice not in CHOICES:
+        raise ConfigError(f"choice {settings.choice!r} is not one of {CHOICES}")
     if table.minimum() > budget:
         raise ConfigError(f"budget {budget:.4g} {table.unit} is below the smallest achievable "
                           f"{table.minimum():.4g} {table.unit}; raise the budget")
@@ -335,17 +373,15 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
             _search_epochs(supernet, mixed, train, val, table, budget, settings, state, ckpt,
                            world)
             argmax = {n: m.chosen() for n, m in mixed.items()}
-            preference = _preferences(mixed, table)
             # the choice keeps the margin (a library measures within ~2% of its
             # prediction, either side); never below what the table can reach
             target = max(budget * (1 - settings.margin), table.minimum())
-            config = repair_to_budget(argmax, table, target, preference)
-            raised = []
-            if settings.spend_slack:
-                config, raised = spend_slack(config, table, target, preference)
+            config, moves = _choose(supernet, mixed, argmax, table, target, splits.val,
+                                    settings, progress)
             qmodel = _quantized_from_supernet(model, supernet, config, shape)
             state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
-                         argmax={n: list(v) for n, v in argmax.items()}, raised=raised,
+                         argmax={n: list(v) for n, v in argmax.items()}, moves=moves,
+                         raised=[m for m in moves if m.get("cost_change", 0) > 0],
                          qat_state=qmodel.state_dict())
             state.pop("optim", None)
             ckpt.save(state)
@@ -367,6 +403,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
               "fp32_accuracy": state["fp32_accuracy"], "trajectory": state["history"],
               "start_expected_cost": state.get("start_expected_cost"), "fixed_layers": fixed,
               "argmax": state.get("argmax"), "raised": state.get("raised", []),
+              "choice": settings.choice, "moves": state.get("moves", state.get("raised", [])),
               "world_size": world.size}
     if until == "search":
         return result
