@@ -254,7 +254,7 @@ def run_bench(cfg, ws):
     return {k: result.get(k) for k in ("measured", "mpqc_ms", "ort_int8_ms", "torch_fp32_ms")}
 
 
-def _same_run_ratio(cfg, ws, rounds: int = 5) -> dict:
+def _same_run_ratio(cfg, ws, rounds: int = 7) -> dict:
     """A budget given as a ratio of the uniform configuration at the largest bits, checked
     as a ratio: that uniform library is built too and both are timed in alternating
     rounds. A shared machine's speed drifts between the measure step and this one (seen:
@@ -279,11 +279,14 @@ def _same_run_ratio(cfg, ws, rounds: int = 5) -> dict:
         for kept, t in zip(times, pair):
             kept.append(t)
         ratios.append(pair[0] / pair[1])
-    ratio = median(ratios)
+    # fastest round of each, as the measure step keeps each kernel's fastest pass: this
+    # machine's slow spells add about the same time to both libraries (seen: +0.014 ms
+    # to democnn's 0.031 and 0.045 ms), which pulls a per-round ratio towards 1
+    ratio = min(times[0]) / min(times[1])
     return {"reference": f"uniform {top}x{top}", "reference_library": path.name,
-            "rounds": rounds, "library_ms": median(times[0]), "reference_ms": median(times[1]),
-            "ratio": ratio, "budget_ratio": cfg.budget_ratio,
-            "within_budget": ratio <= cfg.budget_ratio}
+            "rounds": rounds, "library_ms": min(times[0]), "reference_ms": min(times[1]),
+            "ratio": ratio, "median_round_ratio": median(ratios),
+            "budget_ratio": cfg.budget_ratio, "within_budget": ratio <= cfg.budget_ratio}
 
 
 def run_report(cfg, ws):
