@@ -83,12 +83,9 @@ def _moves(config: dict, table: CostTable, step) -> list[tuple[str, Pair, float]
     out = []
     for i, name in enumerate(table.names):
         a, w = config[name]
-        here = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
         for pair in ((step(table.a_bits, a), w), (a, step(table.w_bits, w))):
-            if None in pair:
-                continue
-            there = table.cost[i, table.a_bits.index(pair[0]), table.w_bits.index(pair[1])]
-            out.append((name, pair, float(there - here)))
+            if None not in pair:
+                out.append((name, pair, table.at(i, pair) - table.at(i, (a, w))))
     return out
 
 

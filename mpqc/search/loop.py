@@ -278,9 +278,7 @@ def _choose(supernet, mixed, argmax, table, target, val, settings, progress):
         moves += raised
     for move in moves:
         i = table.names.index(move["layer"])
-        move["cost_change"] = float(sum(
-            sign * table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
-            for sign, (a, w) in ((1, move["to"]), (-1, move["from"]))))
+        move["cost_change"] = table.at(i, move["to"]) - table.at(i, move["from"])
     return config, moves
 
 
@@ -396,7 +394,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
 
     config = {n: tuple(v) for n, v in state["config"].items()}
     layers = [{"name": n, "a": a, "w": w,
-               "cost": float(table.cost[i, table.a_bits.index(a), table.w_bits.index(w)])}
+               "cost": table.at(i, (a, w))}
               for i, (n, (a, w)) in enumerate((n, config[n]) for n in table.names)]
     result = {"method": "uniform" if uniform else settings.method, "budget": budget,
               "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,

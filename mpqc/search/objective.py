@@ -28,10 +28,12 @@ class CostTable:
     unit: str                 # "ms" or "GBitOPs"
     offset: float = 0.0       # what the rest of the network costs whatever the bits (glue)
 
+    def at(self, layer: int, pair) -> float:
+        """The cost of layer number `layer` at (a, w)."""
+        return float(self.cost[layer, self.a_bits.index(pair[0]), self.w_bits.index(pair[1])])
+
     def total(self, config: dict[str, tuple[int, int]]) -> float:
-        return self.offset + float(sum(
-            self.cost[i, self.a_bits.index(config[n][0]), self.w_bits.index(config[n][1])]
-            for i, n in enumerate(self.names)))
+        return self.offset + sum(self.at(i, config[n]) for i, n in enumerate(self.names))
 
     def minimum(self) -> float:
         return self.offset + float(self.cost.min(axis=(1, 2)).sum())
@@ -124,14 +126,13 @@ def repair_to_budget(config: dict, table: CostTable, budget: float,
         best = None
         for i, n in enumerate(table.names):
             a, w = config[n]
-            here = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
+            here = table.at(i, (a, w))
             for axis, bits in (("a", table.a_bits), ("w", table.w_bits)):
                 down = _lower(bits, a if axis == "a" else w)
                 if down is None:
                     continue
                 cand = (down, w) if axis == "a" else (a, down)
-                saving = here - table.cost[i, table.a_bits.index(cand[0]),
-                                           table.w_bits.index(cand[1])]
+                saving = here - table.at(i, cand)
                 if preference is None:
                     loss = 1.0
                 else:
@@ -155,7 +156,7 @@ def _cheapest_layers_until(config: dict, table: CostTable, budget: float) -> dic
     for i, n in enumerate(table.names):
         a, w = config[n]
         ia, iw = np.unravel_index(np.argmin(table.cost[i]), table.cost[i].shape)
-        here = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
+        here = table.at(i, (a, w))
         moves.append((here - table.cost[i, ia, iw], n, (table.a_bits[ia], table.w_bits[iw])))
     for _, n, cheapest in sorted(moves, reverse=True):
         if table.total(config) <= budget:
@@ -180,14 +181,13 @@ def spend_slack(config: dict, table: CostTable, budget: float,
         for i, n in enumerate(table.names):
             a, w = config[n]
             q, p = preference[n]
-            here = table.cost[i, table.a_bits.index(a), table.w_bits.index(w)]
+            here = table.at(i, (a, w))
             for axis, bits, probs in (("a", table.a_bits, q), ("w", table.w_bits, p)):
                 up = _higher(bits, a if axis == "a" else w)
                 if up is None:
                     continue
                 cand = (up, w) if axis == "a" else (a, up)
-                extra = table.cost[i, table.a_bits.index(cand[0]), table.w_bits.index(cand[1])] \
-                    - here
+                extra = table.at(i, cand) - here
                 if table.total({**config, n: cand}) > budget:
                     continue
                 want = sum(pr for b, pr in zip(bits, probs) if b >= up)
