@@ -18,7 +18,7 @@ $MPQC data mnist
 echo; echo "== pipeline: democnn, bits {1,2}, budget = 0.7 x the predicted latency at 2x2"
 $MPQC pipeline --model democnn --data mnist --target host \
     --subset 10000 --fp32-epochs 4 --epochs 2 --finetune-epochs 2 \
-    --bits 1,2 --budget-ratio 0.7 --repeats 5 --workdir "$OUT" --quiet
+    --bits 1,2 --budget-ratio 0.7 --repeats 5 --passes 3 --workdir "$OUT" --quiet
 
 echo; echo "demo artifacts in $OUT/: summary.json report.md pareto.png bits.png latency.png"
 echo "  democnn.so democnn.manifest.json latency.jsonl latency_model.json search.json ..."
