@@ -210,3 +210,24 @@ def test_a_new_kernel_version_redoes_the_kernel_steps_only(monkeypatch):
     after = {n: inputs_hash(step(n), None, None) for n in before}
     assert after["import"] == before["import"]
     assert after["measure"] != before["measure"] and after["build"] != before["build"]
+
+
+def test_a_ratio_budget_compares_the_fastest_round_of_each_library():
+    """A slow spell adds about the same time to both libraries: the ratio of per-round
+    times is pulled towards 1 there, the ratio of the fastest rounds is not."""
+    from mpqc.pipeline.steps import alternating_ratio
+    spell = [0.0, 0.014, 0.014, 0.0, 0.014]          # ms added to both in rounds 2, 3, 5
+    rounds = iter(spell)
+    added = []
+
+    def library():
+        added.append(next(rounds))
+        return 0.031 + added[-1]
+
+    def reference():
+        return 0.045 + added[-1]
+
+    timed = alternating_ratio(library, reference, rounds=len(spell))
+    assert timed["ratio"] == pytest.approx(0.031 / 0.045)
+    assert (timed["library_ms"], timed["reference_ms"]) == pytest.approx((0.031, 0.045))
+    assert timed["median_round_ratio"] == pytest.approx(0.045 / 0.059)   # 0.763: over 0.7
