@@ -152,12 +152,13 @@ def _settings(cfg):
 
 def _request(cfg, ws, out, **extra):
     from mpqc.search.driver import SearchRequest
+    glue = _read_json(ws.glue)
     fields = dict(model=cfg.model, data=cfg.data, out=out, weights=cfg.weights,
                   target=cfg.target, cost="latency", latency_model=str(ws.latency_model),
                   budget_ms=cfg.budget_ms, budget_ratio=cfg.budget_ratio, bits=cfg.bits,
                   subset=cfg.subset, threads=cfg.threads, checkpoint=ws.search_checkpoint,
-                  glue_ms=float(_read_json(ws.glue)["glue_ms"]),
-                  kernel_scale=float(_read_json(ws.glue).get("kernel_scale", 1.0)))
+                  glue_ms=float(glue["glue_ms"]),
+                  kernel_scale=float(glue.get("kernel_scale", 1.0)))
     fields.update(extra)
     return SearchRequest(**fields)
 
@@ -304,9 +305,7 @@ def run_report(cfg, ws):
 # --- the list ---------------------------------------------------------------------------
 _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
                    "method", "gamma_max", "spend_slack", "choice", "margin", "lr", "bits",
-                   "baselines",
-                   "epochs",
-                   "finetune_epochs", "fp32_epochs", "subset", "batch_size", "seed", "threads")
+                   "baselines", "epochs", "finetune_epochs", "fp32_epochs", "subset", "batch_size", "seed", "threads")
 
 
 def _user_files(cfg):

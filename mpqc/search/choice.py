@@ -22,7 +22,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from mpqc.errors import ConfigError
 from mpqc.search.objective import CostTable, _cheapest_layers_until, _higher, _lower
 
 Pair = tuple[int, int]
@@ -33,9 +32,7 @@ def choose_by_loss(argmax: dict, table: CostTable, budget: float, loss: Loss,
                    raise_bits: bool = True) -> tuple[dict, list[dict]]:
     """(configuration within `budget`, the moves made in order: {layer, from, to,
     loss_change, cost_change})."""
-    if table.minimum() > budget:
-        raise ConfigError(f"budget {budget:.4g} {table.unit} is below the smallest achievable "
-                          f"{table.minimum():.4g} {table.unit} (every layer at its cheapest pair)")
+    table.check_reachable(budget)
     argmax = dict(argmax)
     base = loss(argmax)
     single: dict[tuple[str, Pair], float] = {}

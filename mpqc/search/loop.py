@@ -323,9 +323,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
         raise ConfigError(f"method {settings.method!r} is not one of {METHODS}")
     if settings.choice not in CHOICES:
         raise ConfigError(f"choice {settings.choice!r} is not one of {CHOICES}")
-    if table.minimum() > budget:
-        raise ConfigError(f"budget {budget:.4g} {table.unit} is below the smallest achievable "
-                          f"{table.minimum():.4g} {table.unit}; raise the budget")
+    table.check_reachable(budget)
     torch.manual_seed(settings.seed)
     ckpt = Checkpoint(checkpoint_path, settings_key(settings.key_fields(), budget, uniform,
                                                     table.names, table.a_bits, table.w_bits,
@@ -379,7 +377,6 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
             qmodel = _quantized_from_supernet(model, supernet, config, shape)
             state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
                          argmax={n: list(v) for n, v in argmax.items()}, moves=moves,
-                         raised=[m for m in moves if m.get("cost_change", 0) > 0],
                          qat_state=qmodel.state_dict())
             state.pop("optim", None)
             ckpt.save(state)
@@ -393,6 +390,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
         fixed = []
 
     config = {n: tuple(v) for n, v in state["config"].items()}
+    moves = state.get("moves", [])   # the baseline's state has none
     layers = [{"name": n, "a": a, "w": w,
                "cost": table.at(i, (a, w))}
               for i, (n, (a, w)) in enumerate((n, config[n]) for n in table.names)]
@@ -400,8 +398,8 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
               "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,
               "fp32_accuracy": state["fp32_accuracy"], "trajectory": state["history"],
               "start_expected_cost": state.get("start_expected_cost"), "fixed_layers": fixed,
-              "argmax": state.get("argmax"), "raised": state.get("raised", []),
-              "choice": settings.choice, "moves": state.get("moves", state.get("raised", [])),
+              "argmax": state.get("argmax"), "choice": settings.choice, "moves": moves,
+              "raised": [m for m in moves if m.get("cost_change", 0) > 0],
               "world_size": world.size}
     if until == "search":
         return result

@@ -41,6 +41,13 @@ class CostTable:
     def uniform(self, a: int, w: int) -> float:
         return self.total({n: (a, w) for n in self.names})
 
+    def check_reachable(self, budget: float) -> None:
+        """A budget no configuration meets is an error that names the smallest one."""
+        if self.minimum() > budget:
+            raise ConfigError(f"budget {budget:.4g} {self.unit} is below the smallest "
+                              f"achievable {self.minimum():.4g} {self.unit} (every layer at "
+                              "its cheapest pair); raise the budget")
+
 
 def bitops_table(layers, a_bits, w_bits) -> CostTable:
     chosen = [l for l in layers if l.quantizable]
@@ -118,9 +125,7 @@ def repair_to_budget(config: dict, table: CostTable, budget: float,
     Without `preference` every drop counts the same and the largest saving goes first,
     which at ResNet-20's expensive 16-channel layers walks one layer's activations down
     to 1 bit while the strengths of the others barely wanted their top bits."""
-    if table.minimum() > budget:
-        raise ConfigError(f"budget {budget:.4g} {table.unit} is below the smallest achievable "
-                          f"{table.minimum():.4g} {table.unit} (every layer at its cheapest pair)")
+    table.check_reachable(budget)
     config = dict(config)
     while table.total(config) > budget:
         best = None
