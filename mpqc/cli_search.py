@@ -29,6 +29,10 @@ from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_opt
 @click.option("--bits", default="1,2,3,4", show_default=True, help="Candidate bit-widths (a and w).")
 @click.option("--uniform", default=None, metavar="A,W",
               help="Train a uniform baseline with the same schedule instead of searching.")
+@click.option("--train-config", type=click.Path(dir_okay=False), default=None, metavar="JSON",
+              help="Train this configuration (a search result or {layer: [a, w]}) the way "
+                   "--uniform trains its baseline, instead of searching: a searched "
+                   "configuration retrained with the baselines' schedule.")
 @click.option("--epochs", default=2, show_default=True, help="Search epochs.")
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--fp32-epochs", default=2, show_default=True,
@@ -50,8 +54,8 @@ from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_opt
               help="Result JSON; the checkpoint (resume) and the fine-tuned model go beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
-               budget_ratio, method, bits, uniform, epochs, finetune_epochs, fp32_epochs, lr, lam, mu,
-               gamma_max, clip_k, spend_slack, choice, margin, subset, batch_size, seed, threads,
+               budget_ratio, method, bits, uniform, train_config, epochs, finetune_epochs,
+               fp32_epochs, lr, lam, mu, gamma_max, clip_k, spend_slack, choice, margin, subset, batch_size, seed, threads,
                out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
@@ -86,6 +90,8 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
             assert len(uniform_pair) == 2
         except (ValueError, AssertionError):
             raise click.BadParameter(f"{uniform!r} is not A,W", param_hint="--uniform") from None
+    if uniform_pair and train_config:
+        raise click.UsageError("give --uniform or --train-config, not both")
     for name, value in (("--lam", lam), ("--mu", mu), ("--gamma", gamma_max),
                         ("--clip-k", clip_k), ("--epochs", epochs),
                         ("--finetune-epochs", finetune_epochs), ("--fp32-epochs", fp32_epochs)):
@@ -96,7 +102,8 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
     request = SearchRequest(model=model_spec, data=data_spec, out=Path(out_path), weights=weights,
                             target=target_name, cost=cost, latency_model=latency_model,
                             budget_ms=budget_ms, budget_ratio=budget_ratio, bits=bits,
-                            uniform=uniform_pair, subset=subset, threads=threads)
+                            uniform=uniform_pair, fixed_config=train_config, subset=subset,
+                            threads=threads)
     candidate_bits(request)  # bits outside 1..8 fail before any data is read
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
                               fp32_epochs=fp32_epochs, batch_size=batch_size, lr=lr, lam=lam, mu=mu,

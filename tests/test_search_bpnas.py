@@ -210,6 +210,61 @@ def test_a_uniform_baseline_trains_as_many_steps_as_the_search(tiny_mnist, tmp_p
     assert not torch.equal(trained, model.conv3.weight)
 
 
+def test_a_fixed_configuration_trains_exactly_as_the_uniform_baseline(tiny_mnist, tmp_path):
+    # the retraining protocol: a searched configuration gets the baselines' schedule; at
+    # a uniform configuration the two paths must train the very same weights
+    settings = SearchSettings(**{**SETTINGS, "epochs": 1, "finetune_epochs": 1})
+    results = {}
+    for kind in ("uniform", "fixed"):
+        torch.manual_seed(0)
+        model = build_model("democnn")
+        table = _table(model, tiny_mnist.input_shape)
+        extra = ({"uniform": (2, 2)} if kind == "uniform"
+                 else {"fixed": {n: (2, 2) for n in table.names}})
+        results[kind] = run_search(model, tiny_mnist, table, table.uniform(4, 4), settings,
+                                   tmp_path / f"{kind}.ckpt", pretrained=True, **extra)
+    assert results["fixed"]["method"] == "fixed"
+    a, b = (results[k]["model_q"].state_dict() for k in ("uniform", "fixed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    torch.manual_seed(0)
+    model = build_model("democnn")
+    table = _table(model, tiny_mnist.input_shape)
+    mixed = {n: (1 + i % 4, 4 - i % 4) for i, n in enumerate(table.names)}
+    result = run_search(model, tiny_mnist, table, table.uniform(4, 4), settings,
+                        tmp_path / "mixed.ckpt", pretrained=True, fixed=mixed)
+    assert {l["name"]: (l["a"], l["w"]) for l in result["layers"]} == mixed
+    assert result["predicted"] == pytest.approx(table.total(mixed))
+    with pytest.raises(ConfigError, match="outside the candidate bit-widths"):
+        run_search(model, tiny_mnist, table, table.uniform(4, 4), settings, tmp_path / "x.ckpt",
+                   pretrained=True, fixed={**mixed, table.names[0]: (5, 5)})
+    with pytest.raises(ConfigError, match="no bit pair for layer"):
+        run_search(model, tiny_mnist, table, table.uniform(4, 4), settings, tmp_path / "y.ckpt",
+                   pretrained=True, fixed={table.names[0]: (2, 2)})
+
+
+def test_train_config_on_the_command_line(tmp_path):
+    config = tmp_path / "config.json"
+    base = ["search", "--model", "democnn", "--data", "mnist", "--subset", "200",
+            "--budget-ratio", "1", "--epochs", "1", "--finetune-epochs", "0", "--fp32-epochs",
+            "0", "--out", tmp_path / "s.json", "--quiet"]
+    config.write_text(json.dumps({"conv2": [2, 3], "nonsense": [2, 2]}))
+    out = run(*base, "--train-config", config)
+    assert out.exit_code == 2 and "'nonsense' is not a quantizable layer" in out.output
+    config.write_text(json.dumps({"conv2": [2, 9]}))
+    out = run(*base, "--train-config", config)
+    assert out.exit_code == 2 and "outside 1..8" in out.output
+    out = run(*base, "--train-config", config, "--uniform", "2,2")
+    assert out.exit_code == 2 and "not both" in out.output
+    layers = [n for n in ("conv2", "conv3", "conv4", "conv5")]
+    config.write_text(json.dumps({n: [5 if n == "conv2" else 2, 2] for n in layers}))
+    out = run(*base, "--train-config", config, "--bits", "1,2")
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["method"] == "fixed"
+    assert {l["name"]: [l["a"], l["w"]] for l in result["layers"]} == json.loads(config.read_text())
+
+
 def test_a_strength_step_never_carries_the_expected_cost_across_the_budget(tiny_mnist, tmp_path,
                                                                           monkeypatch):
     # a weak barrier and large steps: Adam's normalised steps jump over the barrier

@@ -52,6 +52,12 @@ def parse_config(text: str, layers) -> dict[str, tuple[int, int]]:
             raise ConfigError(f"{text!r}: write uniform:A,W, e.g. uniform:2,2") from None
         check_bits(a, w, text)
         return {n: (a, w) for n in names}
+    return check_config(config_file_pairs(text), names, text)
+
+
+def config_file_pairs(text: str) -> dict[str, tuple[int, int]]:
+    """The layer -> (a, w) pairs of a configuration file: a search result (its
+    'layers') or a {layer: [a, w]} map. Layer names are not checked here."""
     path = Path(text)
     try:
         raw = json.loads(path.read_text())
@@ -72,7 +78,9 @@ def parse_config(text: str, layers) -> dict[str, tuple[int, int]]:
             raise ConfigError(f"{path}: map each layer name to [a, w]") from None
     else:
         raise ConfigError(f"{path}: expected a JSON object")
-    return check_config(pairs, names, str(path))
+    for name, (a, w) in pairs.items():
+        check_bits(a, w, f"{path}: layer {name}")
+    return pairs
 
 
 def predict_network(model, layers, config: dict[str, tuple[int, int]], threads: int = 1,

@@ -24,6 +24,7 @@ class SearchRequest:
     budget_ratio: float | None = None
     bits: str = "1,2,3,4"
     uniform: tuple[int, int] | None = None
+    fixed_config: str | None = None    # train this configuration (JSON file) instead
     subset: int | None = None
     threads: int = 1
     checkpoint: Path | None = None     # default: the result JSON's name + .ckpt
@@ -52,11 +53,24 @@ def _splits(data: str, subset: int | None, seed: int):
 
 
 def candidate_bits(request: SearchRequest) -> tuple[int, ...]:
+    """The candidate bit-widths, widened by those of a uniform or fixed configuration
+    (the cost table must price it)."""
     from mpqc.latency.space import parse_bits
     candidates = parse_bits(request.bits)
-    if request.uniform:
-        candidates = parse_bits(",".join(map(str, sorted(set(candidates) | set(request.uniform)))))
+    extra = set(request.uniform or ())
+    if request.fixed_config:
+        extra |= {b for pair in _fixed_pairs(request.fixed_config).values() for b in pair}
+    if extra:
+        candidates = parse_bits(",".join(map(str, sorted(set(candidates) | extra))))
     return candidates
+
+
+def _fixed_pairs(text: str) -> dict:
+    from mpqc.latency.network import config_file_pairs
+    if text.startswith("uniform:"):
+        raise ConfigError(f"{text!r}: a uniform baseline is --uniform A,W; a fixed "
+                          "configuration is a JSON file")
+    return config_file_pairs(text)
 
 
 def cost_table(request: SearchRequest, layers, candidates, input_shape=None):
@@ -108,9 +122,10 @@ def search_to_files(request: SearchRequest, settings, world=None,
     budget = resolve_budget(request, table, candidates)
     out = Path(request.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    fixed = _fixed_pairs(request.fixed_config) if request.fixed_config else None
     result = run_search(model, splits, table, budget, settings, checkpoint_path(request),
                         request.uniform, pretrained=bool(request.weights), world=world,
-                        until=until)
+                        until=until, fixed=fixed)
     qmodel = result.pop("model_q", None)
     if world is not None and not world.main:
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,13 +283,11 @@ def _choose(supernet, mixed, argmax, table, target, val, settings, progress):
     return config, moves
 
 
-def _uniform_epochs(model, pair, calib, train, val, table, settings, state, ckpt, world):
+def _baseline_epochs(model, config, calib, train, val, settings, state, ckpt, world):
     """The baseline's counterpart of the search: as many QAT steps, on the same train
     batches and learning rate, as the search gives the supernet's weights."""
     from mpqc.quant.model import quantize_model
-    config = {n: tuple(pair) for n in table.names}
     qmodel = quantize_model(model.eval(), config, calib=calib)
-    state["config"] = {n: list(v) for n, v in config.items()}
     if "qat_state" in state:
         qmodel.load_state_dict(state["qat_state"])
     opt = torch.optim.Adam(qmodel.parameters(), lr=settings.lr)
@@ -299,7 +298,7 @@ def _uniform_epochs(model, pair, calib, train, val, table, settings, state, ckpt
         set_epoch((train, val), epoch)
         qmodel.train()
         for (images, labels), _ in tqdm(zip(train, val), total=min(len(train), len(val)),
-                                        desc=f"uniform {pair} epoch {epoch + 1}", leave=False,
+                                        desc=f"baseline epoch {epoch + 1}", leave=False,
                                         disable=not (settings.progress and world.main)):
             opt.zero_grad()
             F.cross_entropy(net(images), labels).backward()
@@ -309,13 +308,29 @@ def _uniform_epochs(model, pair, calib, train, val, table, settings, state, ckpt
     state["qat_state"] = qmodel.state_dict()
 
 
+def _checked_fixed(fixed, table: CostTable) -> dict[str, tuple[int, int]]:
+    """A fixed configuration covers exactly the table's layers, at pairs it can price."""
+    from mpqc.schedules.spec import check_config
+    config = check_config(dict(fixed), table.names, "fixed configuration")
+    for name, (a, w) in config.items():
+        if a not in table.a_bits or w not in table.w_bits:
+            raise ConfigError(f"fixed configuration: layer {name} at a{a}w{w} is outside the "
+                              f"candidate bit-widths (a {list(table.a_bits)}, w "
+                              f"{list(table.w_bits)}): add them to --bits")
+    return config
+
+
 def run_search(model, splits, table: CostTable, budget: float, settings: SearchSettings,
                checkpoint_path: Path, uniform: tuple[int, int] | None = None,
                pretrained: bool = False, world: World | None = None,
-               until: str = "finetune") -> dict:
-    """Search (or train a uniform baseline) and fine-tune; returns the result dict.
-    until="search" returns once the configuration is chosen and checkpointed (no
-    `accuracy`, no `model_q`); a later call with until="finetune" goes on from there."""
+               until: str = "finetune",
+               fixed: Mapping[str, tuple[int, int]] | None = None) -> dict:
+    """Search and fine-tune; returns the result dict. With `uniform` (one pair for every
+    layer) or `fixed` (a pair per layer) no search runs: that configuration is trained
+    with the search's schedule (a baseline; or a searched configuration retrained the
+    way the baselines are). until="search" returns once the configuration is chosen and
+    checkpointed (no `accuracy`, no `model_q`); a later call with until="finetune" goes
+    on from there."""
     world = world or World()
     if until not in ("search", "finetune"):
         raise ConfigError(f"until={until!r}: 'search' or 'finetune'")
@@ -324,8 +339,14 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     if settings.choice not in CHOICES:
         raise ConfigError(f"choice {settings.choice!r} is not one of {CHOICES}")
     table.check_reachable(budget)
+    if uniform is not None and fixed is not None:
+        raise ConfigError("give a uniform pair or a fixed configuration, not both")
+    baseline = ({n: tuple(uniform) for n in table.names} if uniform is not None
+                else _checked_fixed(fixed, table) if fixed is not None else None)
     torch.manual_seed(settings.seed)
-    ckpt = Checkpoint(checkpoint_path, settings_key(settings.key_fields(), budget, uniform,
+    # a uniform run keeps the key it always had; a fixed one adds its pairs
+    key_baseline = uniform if fixed is None else ["fixed", *(baseline[n] for n in table.names)]
+    ckpt = Checkpoint(checkpoint_path, settings_key(settings.key_fields(), budget, key_baseline,
                                                     table.names, table.a_bits, table.w_bits,
                                                     world.size), writer=world.main)
     state = ckpt.load() or {"phase": "fp32", "epoch": 0, "history": []}
@@ -355,7 +376,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
         ckpt.save(state)
 
     calib = next(iter(loader(splits.train, 64, False, 0, World())))[0]
-    if uniform is None:
+    if baseline is None:
         supernet, report = make_supernet(model, table.w_bits, table.a_bits, shape, calib,
                                          clip_k=settings.clip_k)
         mixed = {n: m for n, m in supernet.named_modules() if is_mixed(m)}
@@ -383,7 +404,8 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
         fixed = [list(x) for x in report.fixed]
     else:
         if state["phase"] == "search":
-            _uniform_epochs(model, uniform, calib, train, val, table, settings, state, ckpt, world)
+            state["config"] = {n: list(v) for n, v in baseline.items()}
+            _baseline_epochs(model, baseline, calib, train, val, settings, state, ckpt, world)
             state.pop("optim", None)
             state.update(phase="finetune", epoch=0)
             ckpt.save(state)
@@ -394,7 +416,8 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     layers = [{"name": n, "a": a, "w": w,
                "cost": table.at(i, (a, w))}
               for i, (n, (a, w)) in enumerate((n, config[n]) for n in table.names)]
-    result = {"method": "uniform" if uniform else settings.method, "budget": budget,
+    method = "uniform" if uniform is not None else "fixed" if fixed is not None else settings.method
+    result = {"method": method, "budget": budget,
               "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,
               "fp32_accuracy": state["fp32_accuracy"], "trajectory": state["history"],
               "start_expected_cost": state.get("start_expected_cost"), "fixed_layers": fixed,
