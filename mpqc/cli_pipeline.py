@@ -37,7 +37,8 @@ resumes where it stopped (the measurement database and the search checkpoint res
 inside their steps). The run ends with summary.json, report.md and plots in the workdir,
 and exits 1 when the library is not exact or misses the budget. A --budget-ratio is
 checked as a ratio: the uniform library at the largest bits is built and timed in the
-same run, so a machine whose speed drifted since the measure step does not decide it.
+same run, so a machine whose speed drifted since the measure step does not decide it;
+a --budget-ort-ratio likewise against onnxruntime int8 timed alongside.
 
 \b
 Steps:
@@ -47,6 +48,8 @@ Steps:
   mpqc pipeline --model democnn --data mnist --budget-ratio 0.5 --workdir out
   mpqc pipeline --model resnet20 --weights resnet20.th --data cifar10:DIR \\
       --budget-ratio 0.4 --epochs 5 --workdir r20
+  mpqc pipeline --model resnet20 --weights resnet20.th --data cifar10:DIR \
+      --budget-ort-ratio 0.5 --workdir r20-half-int8
 """)
 @click.option("--model", "model_spec", default="democnn", show_default=True,
               help="resnet20, democnn or package.module:function.")
@@ -60,6 +63,10 @@ Steps:
 @click.option("--budget-ms", type=float, default=None, help="Latency budget of the network (ms).")
 @click.option("--budget-ratio", type=float, default=None,
               help="Budget as R x the predicted latency at the largest uniform bits.")
+@click.option("--budget-ort-ratio", type=float, default=None, metavar="R",
+              help="Budget as R x onnxruntime int8's latency of the model on this machine "
+                   "(static QDQ, timed before the search; the bench step checks the ratio "
+                   "against it timed alongside). Host targets only.")
 @click.option("--workdir", required=True, type=click.Path(file_okay=False),
               help="Where every artifact goes (and where a rerun resumes).")
 @click.option("--from-step", type=click.Choice(STEP_NAMES), default=None,
@@ -98,7 +105,7 @@ Steps:
               help="Kernel variants from `mpqc tune` for measurement and build.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
-                 budget_ratio, workdir, from_step, until_step, method, gamma_max, lr, spend_slack,
+                 budget_ratio, budget_ort_ratio, workdir, from_step, until_step, method, gamma_max, lr, spend_slack,
                  choice, margin,
                  bits, baselines, epochs, finetune_epochs, fp32_epochs, subset, batch_size,
                  seed, threads, random_shapes, repeats, passes, rpc_tracker, rpc_key,
@@ -111,7 +118,8 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
 
     cfg = PipelineConfig(model=model_spec, data=data_spec, weights=weights,
                          input_shape=_parse_shape(input_shape), target=target_name,
-                         budget_ms=budget_ms, budget_ratio=budget_ratio, method=method,
+                         budget_ms=budget_ms, budget_ratio=budget_ratio,
+                         budget_ort_ratio=budget_ort_ratio, method=method,
                          gamma_max=gamma_max, lr=lr, spend_slack=spend_slack, choice=choice,
                          margin=margin,
                          bits=bits, epochs=epochs, finetune_epochs=finetune_epochs,
@@ -142,6 +150,7 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
 
 def _print_summary(s: dict, ws) -> None:
     from mpqc.cli import _table
+    from mpqc.pipeline.report import reference_name
 
     def ms(v):
         return "-" if v is None else f"{v:.4f}"
@@ -153,7 +162,7 @@ def _print_summary(s: dict, ws) -> None:
                f" ms, budget {ms(s['budget_ms'])} ms")
     if s.get("same_run"):
         r = s["same_run"]
-        click.echo(f"          {r['ratio']:.3f}x the {r['reference']} library timed alongside "
+        click.echo(f"          {r['ratio']:.3f}x the {reference_name(r)} timed alongside "
                    f"(budget ratio {r['budget_ratio']:g}: "
                    f"{'within' if r['within_budget'] else 'OVER'})")
     if s["measured_ms"]:

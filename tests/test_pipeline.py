@@ -160,6 +160,55 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, change, message):
     assert not (tmp_path / "w" / "steps").exists()     # nothing ran
 
 
+def _with_budget(*budget):
+    args = list(TINY)
+    i = args.index("--budget-ratio")
+    args[i:i + 2] = budget
+    return args
+
+
+def test_a_budget_relative_to_onnxruntime_int8(tmp_path):
+    work = tmp_path / "w"
+    cmd = [str(Path(sys.executable).parent / "mpqc"), "pipeline",
+           *_with_budget("--budget-ort-ratio", "1.0"), "--workdir", str(work)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    summary = json.loads((work / "summary.json").read_text())
+    assert done.returncode == (0 if summary["ok"] else 1), done.stderr[-3000:]
+    peers = json.loads((work / "peers.json").read_text())
+    assert peers["model"] == "democnn" and peers["ort_int8_ms"] > 0
+    # the search's budget is the ratio times the int8 peer timed before it
+    search = json.loads((work / "search.json").read_text())
+    assert search["budget_ms"] == pytest.approx(peers["ort_int8_ms"])
+    assert search["predicted_ms"] <= search["budget_ms"]
+    # and the bench step checks the ratio against the peer timed alongside the library
+    same_run = summary["same_run"]
+    assert same_run["reference"] == "onnxruntime int8" and same_run["budget_ratio"] == 1.0
+    assert same_run["ratio"] == pytest.approx(same_run["library_ms"] / same_run["reference_ms"])
+    assert summary["within_budget"] is (same_run["ratio"] <= 1.0)
+    assert summary["ok"] is (summary["verified_exact"] and summary["within_budget"])
+    assert "the onnxruntime int8 timed alongside" in done.stdout
+
+    # another ratio redoes the search with the reference it already measured
+    cmd[cmd.index("--budget-ort-ratio") + 1] = "0.9"
+    moved = subprocess.run([*cmd, "--until-step", "search"], capture_output=True, text=True,
+                           timeout=900)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert json.loads((work / "peers.json").read_text()) == peers
+    assert json.loads((work / "search.json").read_text())["budget_ms"] == pytest.approx(
+        0.9 * peers["ort_int8_ms"])
+
+
+def test_a_budget_relative_to_onnxruntime_needs_a_target_that_runs_here(tmp_path):
+    out = _run(*_with_budget("--budget-ort-ratio", "0.5"), "--target", "arm64-cortex-a72",
+               "--workdir", str(tmp_path / "w"))
+    assert out.exit_code == 2 and "arm64-cortex-a72 does not run here" in out.output
+    out = _run(*TINY, "--budget-ort-ratio", "0.5", "--workdir", str(tmp_path / "w"))
+    assert out.exit_code == 2 and "exactly one of" in out.output
+    out = _run(*_with_budget("--budget-ort-ratio", "0"), "--workdir", str(tmp_path / "w"))
+    assert out.exit_code == 2 and "must be positive" in out.output
+    assert not (tmp_path / "w" / "steps").exists()
+
+
 def test_corrupt_weights_and_an_impossible_budget(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x00not a checkpoint" * 10)
@@ -167,9 +216,7 @@ def test_corrupt_weights_and_an_impossible_budget(tmp_path):
     assert out.exit_code == 2 and "bad.pt" in out.output
     assert len(out.output.strip().splitlines()) == 1
 
-    args = list(TINY)
-    i = args.index("--budget-ratio")
-    args[i:i + 2] = ["--budget-ms", "1e-6"]
+    args = _with_budget("--budget-ms", "1e-6")
     out = CliRunner().invoke(main, ["pipeline", *args, "--random-shapes", "2",
                                                     "--workdir", str(tmp_path / "w2")])
     assert out.exit_code == 2

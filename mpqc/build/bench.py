@@ -8,8 +8,7 @@ from mpqc.errors import DeviceError
 
 def bench_library(path, peers: bool = False, threads: int = 1, repeats: int = 30) -> dict:
     from mpqc import runtime
-    from mpqc.build.network import (NetworkSpec, calibration_images, default_input_shape,
-                                    test_images)
+    from mpqc.build.network import NetworkSpec
     from mpqc.targets import host_cpu
 
     lib = runtime.load(path)
@@ -20,17 +19,8 @@ def bench_library(path, peers: bool = False, threads: int = 1, repeats: int = 30
     manifest = lib.manifest
     spec = NetworkSpec.from_json(manifest["network"])
     if peers:
-        from mpqc.build.peers import time_peers
-        from mpqc.models import build_model, load_weights
-        # the fp32 network; from a quantized checkpoint alone, the same architecture
-        # untrained (latency does not depend on the weight values)
-        model = build_model(spec.model, num_classes=spec.num_classes)
-        if spec.weights:
-            load_weights(model, spec.weights)
-        calib = calibration_images(spec)
-        image = test_images(spec, 1)[0]
-        for name, timing in time_peers(model, default_input_shape(spec), image, calib,
-                                       threads, repeats).items():
+        from mpqc.build.peers import fp32_network, time_peers
+        for name, timing in time_peers(*fp32_network(spec), threads, repeats).items():
             timings[name] = asdict(timing)
     out = {"library": lib.path.name, "threads": threads, "batch": 1, "cpu": host_cpu(),
            "target": manifest["target"]["name"],

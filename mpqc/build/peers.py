@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,31 @@ def quantize_int8_onnx(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
                     per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
     return out
+
+
+def fp32_network(spec):
+    """What the peers run for a library's NetworkSpec: (fp32 model, input shape, one test
+    image, calibration images). From a quantized checkpoint alone the same architecture
+    untrained: latency does not depend on the weight values."""
+    from mpqc.build.network import calibration_images, default_input_shape, test_images
+    from mpqc.models import build_model, load_weights
+    model = build_model(spec.model, num_classes=spec.num_classes)
+    if spec.weights:
+        load_weights(model, spec.weights)
+    return model, default_input_shape(spec), test_images(spec, 1)[0], calibration_images(spec)
+
+
+@contextmanager
+def ort_int8_runner(model, input_shape, image: np.ndarray, calibration: np.ndarray,
+                    threads: int):
+    """A callable that runs onnxruntime int8 (the static QDQ peer) once on `image`: for
+    timing it in rounds alternating with a library."""
+    with tempfile.TemporaryDirectory(prefix="mpqc-peers-") as tmp:
+        fp32 = export_fp32_onnx(model, input_shape, Path(tmp) / "model.onnx")
+        int8 = quantize_int8_onnx(fp32, Path(tmp) / "model.int8.onnx", calibration)
+        sess = _ort_session(int8, threads)
+        feed = {"x": image[None].astype(np.float32)}
+        yield lambda: sess.run(None, feed)
 
 
 def time_peers(model, input_shape, image: np.ndarray, calibration: np.ndarray,

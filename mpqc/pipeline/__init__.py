@@ -16,10 +16,18 @@ def preflight(cfg: PipelineConfig) -> None:
     from mpqc.search.loop import METHODS
     from mpqc.targets import load_target
 
-    load_target(cfg.target)
-    if (cfg.budget_ms is None) == (cfg.budget_ratio is None):
-        raise ConfigError("give exactly one of --budget-ms and --budget-ratio")
-    for name in ("budget_ms", "budget_ratio"):
+    target = load_target(cfg.target)
+    budgets = ("budget_ms", "budget_ratio", "budget_ort_ratio")
+    if sum(getattr(cfg, name) is not None for name in budgets) != 1:
+        raise ConfigError("give exactly one of --budget-ms, --budget-ratio and "
+                          "--budget-ort-ratio")
+    if cfg.budget_ort_ratio is not None:
+        from mpqc.targets import runs_on_host
+        if cfg.rpc_tracker or not runs_on_host(target):
+            raise ConfigError(f"--budget-ort-ratio compares with onnxruntime on this machine; "
+                              f"target {target.name} does not run here: give --budget-ms "
+                              "(milliseconds of the board) or --budget-ratio")
+    for name in budgets:
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise ConfigError(f"--{name.replace('_', '-')} {value} must be positive")

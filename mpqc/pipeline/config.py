@@ -14,6 +14,7 @@ class PipelineConfig:
     target: str = "host"
     budget_ms: float | None = None
     budget_ratio: float | None = None
+    budget_ort_ratio: float | None = None   # R x onnxruntime int8 of the model, timed here
     method: str = "bpnas"
     gamma_max: float = 0.05     # BP-NAS Prob-1 weight at the end of the search
     spend_slack: bool = True    # raise the argmax's bits while within budget
@@ -63,6 +64,7 @@ class Workspace:
     glue = property(lambda self: self.root / "glue.json")
     latency_model = property(lambda self: self.root / "latency_model.json")
     search = property(lambda self: self.root / "search.json")
+    peers = property(lambda self: self.root / "peers.json")
     search_checkpoint = property(lambda self: self.root / "search.ckpt")
     fp32_weights = property(lambda self: self.root / "search.fp32.pt")
     finetune = property(lambda self: self.root / "finetune.json")

@@ -150,12 +150,45 @@ def _settings(cfg):
                           seed=cfg.seed, progress=cfg.progress)
 
 
+def _budget(cfg, ws) -> dict:
+    """budget_ms / budget_ratio of the search request: an onnxruntime ratio becomes
+    milliseconds through the peer timing the search step recorded (peers.json)."""
+    if cfg.budget_ort_ratio is None:
+        return {"budget_ms": cfg.budget_ms, "budget_ratio": cfg.budget_ratio}
+    return {"budget_ms": cfg.budget_ort_ratio * _read_json(ws.peers)["ort_int8_ms"],
+            "budget_ratio": None}
+
+
+def _peer_network(cfg, weights):
+    from mpqc.build.network import NetworkSpec
+    from mpqc.build.peers import fp32_network
+    return fp32_network(NetworkSpec(model=cfg.model, weights=weights, data=cfg.data,
+                                    input_shape=tuple(cfg.input_shape or ())))
+
+
+def _time_peers(cfg, ws) -> dict:
+    """peers.json: the model's fp32 and int8 peers timed on this machine before the
+    search, for a budget given relative to onnxruntime int8. Without --weights the
+    architecture runs untrained: latency does not depend on the weight values."""
+    from dataclasses import asdict
+
+    from mpqc.build.peers import time_peers
+    from mpqc.targets import host_cpu
+    repeats = max(cfg.bench_repeats, 50)
+    timings = time_peers(*_peer_network(cfg, cfg.weights), cfg.threads, repeats)
+    peers = {"model": cfg.model, "threads": cfg.threads, "repeats": repeats, "cpu": host_cpu(),
+             **{f"{name}_ms": t.median_ms for name, t in timings.items()},
+             "timings": {name: asdict(t) for name, t in timings.items()}}
+    _write_json(ws.peers, peers)
+    return peers
+
+
 def _request(cfg, ws, out, **extra):
     from mpqc.search.driver import SearchRequest
     glue = _read_json(ws.glue)
     fields = dict(model=cfg.model, data=cfg.data, out=out, weights=cfg.weights,
                   target=cfg.target, cost="latency", latency_model=str(ws.latency_model),
-                  budget_ms=cfg.budget_ms, budget_ratio=cfg.budget_ratio, bits=cfg.bits,
+                  **_budget(cfg, ws), bits=cfg.bits,
                   subset=cfg.subset, threads=cfg.threads, checkpoint=ws.search_checkpoint,
                   glue_ms=float(glue["glue_ms"]),
                   kernel_scale=float(glue.get("kernel_scale", 1.0)))
@@ -165,8 +198,15 @@ def _request(cfg, ws, out, **extra):
 
 def run_search(cfg, ws):
     from mpqc.search.driver import search_to_files
+    facts = {}
+    if cfg.budget_ort_ratio is not None:
+        peers = _read_json(ws.peers) if ws.peers.is_file() else {}
+        # a rerun (a killed search, another ratio) keeps the reference it measured
+        if (peers.get("model"), peers.get("threads")) != (cfg.model, cfg.threads):
+            peers = _time_peers(cfg, ws)
+        facts["ort_int8_ms"] = peers["ort_int8_ms"]
     report = search_to_files(_request(cfg, ws, ws.search), _settings(cfg), until="search")
-    return {"predicted_ms": report["predicted_ms"], "budget_ms": report["budget_ms"],
+    return {**facts, "predicted_ms": report["predicted_ms"], "budget_ms": report["budget_ms"],
             "fp32_accuracy": report["fp32_accuracy"]}
 
 
@@ -251,6 +291,8 @@ def run_bench(cfg, ws):
                                                                         cfg.threads)
         if cfg.budget_ratio is not None:
             result["same_run"] = _same_run_ratio(cfg, ws)
+        elif cfg.budget_ort_ratio is not None:
+            result["same_run"] = _same_run_ort_ratio(cfg, ws)
     _write_json(ws.bench, result)
     return {k: result.get(k) for k in ("measured", "mpqc_ms", "ort_int8_ms", "torch_fp32_ms")}
 
@@ -280,6 +322,26 @@ def _same_run_ratio(cfg, ws, rounds: int = 7) -> dict:
             "within_budget": timed["ratio"] <= cfg.budget_ratio}
 
 
+def _same_run_ort_ratio(cfg, ws, rounds: int = 7) -> dict:
+    """A budget given as a ratio of onnxruntime int8, checked as that ratio: the library
+    and the int8 model timed in alternating rounds of one run."""
+    from mpqc import runtime
+    from mpqc.bench.timing import pinned_threads, time_callable
+    from mpqc.build.peers import ort_int8_runner
+    lib = runtime.load(ws.library(cfg.model))
+    repeats = max(cfg.bench_repeats // rounds, 3)
+    with ort_int8_runner(*_peer_network(cfg, cfg.weights), cfg.threads) as run_int8:
+        def time_int8():
+            with pinned_threads(cfg.threads):
+                return time_callable(run_int8, repeats=repeats).median_ms
+        timed = alternating_ratio(
+            lambda: lib.time(repeats=repeats, threads=cfg.threads).median_ms, time_int8,
+            rounds=rounds)
+    return {"reference": "onnxruntime int8", "rounds": rounds, **timed,
+            "budget_ratio": cfg.budget_ort_ratio,
+            "within_budget": timed["ratio"] <= cfg.budget_ort_ratio}
+
+
 def alternating_ratio(time_library, time_reference, rounds: int) -> dict:
     """Time two libraries in alternating rounds; the ratio of the fastest round of each,
     as the measure step keeps each kernel's fastest pass: this machine's slow spells add
@@ -304,6 +366,7 @@ def run_report(cfg, ws):
 
 # --- the list ---------------------------------------------------------------------------
 _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
+                   "budget_ort_ratio",
                    "method", "gamma_max", "spend_slack", "choice", "margin", "lr", "bits",
                    "baselines", "epochs", "finetune_epochs", "fp32_epochs", "subset", "batch_size", "seed", "threads")
 
@@ -327,11 +390,13 @@ STEPS: list[Step] = [
     Step("fit", "fit the latency model (latency_model.json)", run_fit,
          lambda c, w: _model_files(w), lambda c, w: [w.latency_db], ("target", "seed")),
     Step("search", "train the supernet and choose the bits (search.json)", run_search,
-         lambda c, w: [w.search] + ([] if c.weights else [w.fp32_weights]),
+         lambda c, w: [w.search] + ([] if c.weights else [w.fp32_weights])
+         + ([] if c.budget_ort_ratio is None else [w.peers]),
          lambda c, w: [w.layers, w.glue, *_model_files(w)], _SEARCH_OPTIONS,
          scratch=lambda c, w: [w.search_checkpoint], files=_user_files),
     Step("finetune", "fine-tune the chosen configuration (finetune.pt, finetune.json)",
-         run_finetune, lambda c, w: [w.finetune, w.quantized], lambda c, w: [w.search],
+         run_finetune, lambda c, w: [w.finetune, w.quantized],
+         lambda c, w: [w.search] + ([] if c.budget_ort_ratio is None else [w.peers]),
          _SEARCH_OPTIONS),
     Step("baselines", "train uniform baselines for the Pareto plot (baselines.json)",
          run_baselines, lambda c, w: [w.baselines],
@@ -349,7 +414,8 @@ STEPS: list[Step] = [
          ("verify_images", "rpc_tracker", "rpc_key")),
     Step("bench", "time the library and torch / onnxruntime peers (bench.json)", run_bench,
          lambda c, w: [w.bench], lambda c, w: _lib(c, w),
-         ("threads", "bench_repeats", "rpc_tracker", "target")),
+         ("threads", "bench_repeats", "rpc_tracker", "target", "budget_ratio",
+          "budget_ort_ratio")),
     Step("report", "summary.json, report.md and plots", run_report,
          lambda c, w: [w.summary, w.report],
          lambda c, w: [w.layers, w.latency_db, w.glue, *_model_files(w), w.search, w.finetune,
