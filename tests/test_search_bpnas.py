@@ -53,6 +53,7 @@ def test_bpnas_stays_inside_the_budget_and_returns_a_feasible_configuration(tiny
     assert result["predicted"] <= max((1 - margin) * budget, floor) * (1 + 1e-9)
     assert result["predicted"] == pytest.approx(sum(l["cost"] for l in result["layers"]))
     assert result["world_size"] == 1
+    assert result["method"] == "bpnas" and result["fixed_layers"]   # the 8-bit first/last
 
 
 def test_feasible_start_reaches_the_target_and_leaves_a_feasible_start_alone():

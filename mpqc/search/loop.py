@@ -401,7 +401,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
                          qat_state=qmodel.state_dict())
             state.pop("optim", None)
             ckpt.save(state)
-        fixed = [list(x) for x in report.fixed]
+        kept_8bit = [list(x) for x in report.fixed]
     else:
         if state["phase"] == "search":
             state["config"] = {n: list(v) for n, v in baseline.items()}
@@ -409,7 +409,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
             state.pop("optim", None)
             state.update(phase="finetune", epoch=0)
             ckpt.save(state)
-        fixed = []
+        kept_8bit = []
 
     config = {n: tuple(v) for n, v in state["config"].items()}
     moves = state.get("moves", [])   # the baseline's state has none
@@ -420,7 +420,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     result = {"method": method, "budget": budget,
               "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,
               "fp32_accuracy": state["fp32_accuracy"], "trajectory": state["history"],
-              "start_expected_cost": state.get("start_expected_cost"), "fixed_layers": fixed,
+              "start_expected_cost": state.get("start_expected_cost"), "fixed_layers": kept_8bit,
               "argmax": state.get("argmax"), "choice": settings.choice, "moves": moves,
               "raised": [m for m in moves if m.get("cost_change", 0) > 0],
               "world_size": world.size}
