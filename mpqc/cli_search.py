@@ -132,6 +132,10 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
               help="Budgets to search, as ratios of the largest uniform configuration.")
 @click.option("--uniform", "uniform_pairs", multiple=True, default=["2,2", "3,3"],
               show_default=True, help="Uniform baselines A,W trained with the same schedule.")
+@click.option("--retrain", is_flag=True,
+              help="Also train each searched configuration from the fp32 weights with the "
+                   "baselines' schedule (`search --train-config`): configurations compared "
+                   "under equal training.")
 @click.option("--method", type=click.Choice(["ebs", "bpnas"]), default="bpnas", show_default=True)
 @click.option("--bits", default="1,2,3,4", show_default=True)
 @click.option("--epochs", default=2, show_default=True)
@@ -145,13 +149,13 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
               help="One search JSON per run, sweep.json and pareto.png go here.")
 @click.pass_context
 def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, budget_ratios,
-              uniform_pairs, method, bits, epochs, finetune_epochs, fp32_epochs, lr, subset,
+              uniform_pairs, retrain, method, bits, epochs, finetune_epochs, fp32_epochs, lr, subset,
               batch_size, seed, out_dir):
     """Search at several budgets and train uniform baselines; draw the Pareto plot.
 
     Every run is an `mpqc search` with its own JSON (and checkpoint, so a killed sweep
     resumes); sweep.json lists the points and pareto.png shows accuracy against predicted
-    cost, searched against uniform.
+    cost, searched (and with --retrain, retrained) against uniform.
     """
     from mpqc.search.plot import plot_pareto
 
@@ -166,14 +170,21 @@ def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, b
                   budget_ms=None, method=method, bits=bits, epochs=epochs,
                   finetune_epochs=finetune_epochs, fp32_epochs=fp32_epochs, lr=lr, subset=subset,
                   batch_size=batch_size, seed=seed, threads=1, quiet=True)  # others: defaults
-    runs = [(f"{method} {r:g}", "searched", dict(budget_ratio=r, uniform=None),
-             out / f"search-{r:g}.json") for r in ratios]
+    runs = []
+    for r in ratios:
+        runs.append((f"{method} {r:g}", "searched", dict(budget_ratio=r, uniform=None),
+                     out / f"search-{r:g}.json"))
+        if retrain:   # the searched JSON exists by the time this run starts
+            runs.append((f"{method} {r:g} retrained", "retrained",
+                         dict(budget_ratio=r, uniform=None,
+                              train_config=str(out / f"search-{r:g}.json")),
+                         out / f"retrained-{r:g}.json"))
     runs += [(f"uniform {u}", "uniform", dict(budget_ratio=1.0, uniform=u),
               out / f"uniform-{u.replace(',', 'x')}.json") for u in uniform_pairs]
     points = []
     for label, kind, extra, path in runs:
         click.echo(f"== {label}")
-        ctx.invoke(search_cmd, **common, **extra, out_path=str(path))
+        ctx.invoke(search_cmd, **common, **{"train_config": None, **extra}, out_path=str(path))
         result = json.loads(path.read_text())
         points.append({"label": label, "kind": kind, "file": path.name,
                        "predicted": result["predicted_ms"], "budget": result["budget_ms"],

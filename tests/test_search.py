@@ -245,13 +245,19 @@ def test_pareto_front():
 def test_sweep_writes_points_and_the_pareto_plot(tmp_path):
     out = run("sweep", "--model", "democnn", "--data", "mnist", "--subset", "300",
               "--budget-ratios", "0.4", "--uniform", "2,2", "--epochs", "1",
-              "--batch-size", "64", "--out-dir", tmp_path)
+              "--batch-size", "64", "--retrain", "--out-dir", tmp_path)
     assert out.exit_code == 0, out.output
     sweep = json.loads((tmp_path / "sweep.json").read_text())
     kinds = [p["kind"] for p in sweep["points"]]
-    assert kinds == ["searched", "uniform"]
-    searched, uniform = sweep["points"]
+    assert kinds == ["searched", "retrained", "uniform"]
+    searched, retrained, uniform = sweep["points"]
     assert searched["predicted"] <= searched["budget"]
+    # the retrained point is the searched configuration, trained the baseline's way
+    assert retrained["predicted"] == pytest.approx(searched["predicted"])
+    pairs = [[(l["a"], l["w"]) for l in json.loads((tmp_path / f).read_text())["layers"]]
+             for f in (searched["file"], retrained["file"])]
+    assert pairs[0] == pairs[1]
+    assert json.loads((tmp_path / retrained["file"]).read_text())["method"] == "fixed"
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "uniform-2x2.json").read_text())["layers"][0]["a"] == 2
 

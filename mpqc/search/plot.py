@@ -1,4 +1,5 @@
-"""The Pareto picture of a sweep: accuracy against predicted cost, searched vs uniform."""
+"""The Pareto picture of a sweep: accuracy against predicted cost, searched (and
+retrained) vs uniform."""
 from __future__ import annotations
 
 
@@ -17,7 +18,7 @@ def plot_pareto(points: list[dict], unit: str, path: str, title: str = "") -> No
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for kind, marker in (("searched", "o"), ("uniform", "s")):
+    for kind, marker in (("searched", "o"), ("retrained", "^"), ("uniform", "s")):
         mine = [p for p in points if p["kind"] == kind]
         if mine:
             ax.scatter([p["predicted"] for p in mine], [100 * p["accuracy"] for p in mine],
