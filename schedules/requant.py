@@ -2,9 +2,15 @@
 
 A quantized layer's output code is clamp(round(acc * scale[co] + offset[co])); the
 kernels compute it in integers as (acc * mul + add) >> shift (spec.py). This picks the
-shift: int32 arithmetic when it keeps at least MIN_MUL_BITS bits of every channel's
-scale (it is about four times cheaper on AVX2, which has no 64-bit multiply), otherwise
-int64 with up to 31 bits of precision.
+shift: int32 arithmetic when it is precise enough (it is about four times cheaper on
+AVX2, which has no 64-bit multiply, and the latency model measures kernels with it),
+otherwise int64 with up to 31 bits of precision. Precise enough: every channel's
+multiplier keeps MIN_MUL_BITS bits, or the fixed-point value is within MAX_CODE_ERROR
+codes of the float one for every accumulator the layer can produce. The second covers
+a layer with a near-dead channel (tiny BN scale, common in 1-bit layers): its multiplier
+has few bits, yet rounding it moves the output by a small absolute amount like every
+other channel's; the first rule alone sent such layers to int64, 25-35% slower kernels
+than the latency model had measured.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from mpqc.errors import ConfigError
 from mpqc.schedules.spec import ConvSpec, Epilogue
 
 MIN_MUL_BITS = 10
+MAX_CODE_ERROR = 2.0 ** -10   # worst |fixed point - float| before rounding, in codes
 
 
 def _largest_shift(scale_max: float, offset_max: float, mul_limit: int, add_limit: int,
@@ -45,7 +52,8 @@ def requant_epilogue(spec: ConvSpec, scale, offset, residual_scale=None,
 
     bound = spec.int32_mul_bound
     shift = _largest_shift(scale_max, offset_max, bound, 1 << 30, 30)
-    if shift and scale_min * 2 ** shift >= 2 ** MIN_MUL_BITS:
+    if shift and (scale_min * 2 ** shift >= 2 ** MIN_MUL_BITS
+                  or fixed_point_error(spec, shift, res is not None) <= MAX_CODE_ERROR):
         mul_bound = bound
     else:
         shift = _largest_shift(scale_max, offset_max, (1 << 31) - 1, 1 << 62, 40)
@@ -60,6 +68,13 @@ def requant_epilogue(spec: ConvSpec, scale, offset, residual_scale=None,
     if res is None:
         return epilogue, mul, add
     return epilogue, mul, add, np.round(res * 2 ** shift).astype(np.int32)
+
+
+def fixed_point_error(spec: ConvSpec, shift: int, residual: bool) -> float:
+    """Largest |(acc*mul + r*res_mul + add) / 2^shift - (acc*scale + r*res_scale + offset)|
+    over the layer's accumulators and residual codes: half a unit of each rounded
+    constant, times the largest value it multiplies."""
+    return (spec.acc_bound + (255 if residual else 0) + 1) * 2.0 ** -(shift + 1)
 
 
 def effective_bits(mul: np.ndarray) -> int:
