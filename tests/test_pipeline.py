@@ -278,3 +278,10 @@ def test_a_ratio_budget_compares_the_fastest_round_of_each_library():
     assert timed["ratio"] == pytest.approx(0.031 / 0.045)
     assert (timed["library_ms"], timed["reference_ms"]) == pytest.approx((0.031, 0.045))
     assert timed["median_round_ratio"] == pytest.approx(0.045 / 0.059)   # 0.763: over 0.7
+
+
+def test_a_collapsed_network_is_a_warning():
+    from mpqc.pipeline.report import collapse_warning
+    assert "near chance (10 classes)" in collapse_warning(0.116, 10)
+    assert collapse_warning(0.89, 10) is None and collapse_warning(0.2, 10) is None
+    assert collapse_warning(0.5, 1) is None

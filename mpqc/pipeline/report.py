@@ -27,6 +27,16 @@ def layer_latencies(search: dict, bench: dict) -> list[dict]:
     return rows
 
 
+def collapse_warning(accuracy: float, classes: int) -> str | None:
+    """A quantized network near chance accuracy has collapsed (seen: ResNet-20 with 1-bit
+    activations everywhere): a library can be exact and in budget and still useless."""
+    if classes > 1 and accuracy <= 1.5 / classes:
+        return (f"accuracy {accuracy:.2%} is near chance ({classes} classes): the quantized "
+                "network collapsed; a larger budget (more bits), more epochs or a lower --lr "
+                "may recover it")
+    return None
+
+
 def reference_name(same_run: dict) -> str:
     """What a same-run ratio divides by: a library of ours, or a peer model."""
     ref = same_run["reference"]
@@ -63,6 +73,10 @@ def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
         within = within_ms
         if not within:
             failures.append(f"measured {measured:.4f} ms exceeds the budget {budget:.4f} ms")
+
+    collapsed = collapse_warning(finetune["accuracy"], int(_read(ws.lowering)["output_shape"][-1]))
+    if collapsed:
+        warnings.append(collapsed)
 
     def ratio(peer):
         return bench[peer] / measured if measured and bench.get(peer) else None
