@@ -111,26 +111,34 @@ def measure_glue(model_spec: str, layers, input_shape, target, threads: int = 1,
     if not runs_on_host(target):
         raise ConfigError(f"glue is timed on this machine; target {target.name} does not run "
                           "here")
-    points = []
+    libraries, fastest, kernels = {}, {}, {}
+
+    def time_library(pair):
+        ms = libraries[pair].time(repeats=repeats, threads=threads).median_ms
+        fastest[pair] = min(fastest.get(pair, ms), ms)
+
     with tempfile.TemporaryDirectory(prefix="mpqc-glue-") as tmp:
         for a, w in pairs:
             spec = NetworkSpec(model=model_spec, weights=weights, config=f"uniform:{a},{w}",
                                input_shape=tuple(input_shape))
             built = compile_library(spec, target, Path(tmp) / f"glue-{a}x{w}.so")
-            library = load(built.library)
+            libraries[(a, w)] = load(built.library)
             # its kernels timed now, not taken from the database: on a shared machine
-            # minutes apart can differ more than the glue itself; library and kernels
-            # each keep the fastest of two passes, so one slow spell spoils neither
-            first = library.time(repeats=repeats, threads=threads).median_ms
+            # minutes apart can differ more than the glue itself; the kernels keep the
+            # fastest of two passes, the library the fastest of three timings minutes
+            # apart (seen: a slow spell spoiled two timings of one library by +26%)
+            time_library((a, w))
             db = Path(tmp) / f"kernels-{a}x{w}.jsonl"
             summary = run_measurements(model_jobs(layers, (a,), (w,)), db, target,
                                        threads=threads, repeats=repeats, passes=2)
             if summary.failed:
                 raise DataError(f"timing the kernels of {model_spec} at a={a}, w={w} failed: "
                                 f"{summary.failed[0].error}")
-            fastest = min(first, library.time(repeats=repeats, threads=threads).median_ms)
-            points.append(GluePoint(a, w, fastest, kernels_ms(read_db(db), layers, target.name,
-                                                              a, w, threads)))
+            time_library((a, w))
+            kernels[(a, w)] = kernels_ms(read_db(db), layers, target.name, a, w, threads)
+        for pair in pairs:   # a last round, after every pair's kernels
+            time_library(pair)
+    points = [GluePoint(a, w, fastest[(a, w)], kernels[(a, w)]) for a, w in pairs]
     return GlueMeasurement(model_spec, target.name, threads, tuple(points), time.time())
 
 
