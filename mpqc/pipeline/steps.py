@@ -200,9 +200,12 @@ def run_search(cfg, ws):
     from mpqc.search.driver import search_to_files
     facts = {}
     if cfg.budget_ort_ratio is not None:
+        from mpqc.targets import host_cpu
         peers = _read_json(ws.peers) if ws.peers.is_file() else {}
-        # a rerun (a killed search, another ratio) keeps the reference it measured
-        if (peers.get("model"), peers.get("threads")) != (cfg.model, cfg.threads):
+        # a rerun (a killed search, another ratio) keeps the reference it measured,
+        # unless the model, the threads or the machine changed
+        if ([peers.get(k) for k in ("model", "threads", "cpu")]
+                != [cfg.model, cfg.threads, host_cpu()]):
             peers = _time_peers(cfg, ws)
         facts["ort_int8_ms"] = peers["ort_int8_ms"]
     report = search_to_files(_request(cfg, ws, ws.search), _settings(cfg), until="search")
