@@ -55,8 +55,8 @@ from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_opt
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
                budget_ratio, method, bits, uniform, train_config, epochs, finetune_epochs,
-               fp32_epochs, lr, lam, mu, gamma_max, clip_k, spend_slack, choice, margin, subset, batch_size, seed, threads,
-               out_path, quiet):
+               fp32_epochs, lr, lam, mu, gamma_max, clip_k, spend_slack, choice, margin, subset,
+               batch_size, seed, threads, out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
     Alternates weight steps (train split) and strength steps (validation split) of an
@@ -149,8 +149,8 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
               help="One search JSON per run, sweep.json and pareto.png go here.")
 @click.pass_context
 def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, budget_ratios,
-              uniform_pairs, retrain, method, bits, epochs, finetune_epochs, fp32_epochs, lr, subset,
-              batch_size, seed, out_dir):
+              uniform_pairs, retrain, method, bits, epochs, finetune_epochs, fp32_epochs, lr,
+              subset, batch_size, seed, out_dir):
     """Search at several budgets and train uniform baselines; draw the Pareto plot.
 
     Every run is an `mpqc search` with its own JSON (and checkpoint, so a killed sweep
