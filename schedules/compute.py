@@ -92,43 +92,65 @@ def bitserial_conv2d_nhwc(spec: ConvSpec, packed_data: te.Tensor | None = None):
         << i2.astype("int32"), axis=[kh2, kw2, cw2, i2]), name=WINDOW_SUM)
 
     scale, offset = weight_offset(spec.w_bits)
-    ep = spec.epilogue
     inputs = [data, weight]
-    params = {}
-    if ep.output == "codes":
-        params["mul"] = te.placeholder((spec.cout,), "int32", name="mul")
-        params["add"] = te.placeholder((spec.cout,), "int64", name="add")
-        if ep.residual:
-            params["residual"] = te.placeholder(shape, "uint8", name="residual")
-            params["res_mul"] = te.placeholder((spec.cout,), "int32", name="res_mul")
-    elif ep.output == "float32":
-        params["mul"] = te.placeholder((spec.cout,), "float32", name="mul")
-        params["add"] = te.placeholder((spec.cout,), "float32", name="add")
-        if ep.residual:
-            params["residual"] = te.placeholder(shape, "float32", name="residual")
+    params = {param: te.placeholder(shape_, dtype, name=param)
+              for param, (dtype, shape_) in epilogue_params(spec).items()}
     inputs += list(params.values())
 
     def epilogue(n, y, x, co):
         exact = acc[n, y, x, co].astype("int32") * scale - window_sum[n, y, x] * offset
-        if ep.output == "int32":
-            return exact
-        if ep.output == "codes":
-            wide = spec.requant_dtype
-            total = exact.astype(wide) * params["mul"][co].astype(wide)
-            if ep.residual:
-                total = total + (params["residual"][n, y, x, co].astype(wide)
-                                 * params["res_mul"][co].astype(wide))
-            q = (total + params["add"][co].astype(wide)) >> tirx.const(ep.shift, wide)
-            q = tirx.min(tirx.max(q, tirx.const(0, wide)),
-                         tirx.const((1 << ep.out_bits) - 1, wide))
-            return q.astype("uint8")
-        v = exact.astype("float32") * params["mul"][co]
-        v = v + params["add"][co]
-        if ep.residual:
-            v = v + params["residual"][n, y, x, co]
-        if ep.relu:
-            v = tirx.max(v, tirx.const(0.0, "float32"))
-        return v
+        return epilogue_value(spec, exact, lambda param: (
+            params[param][n, y, x, co] if param == "residual" else params[param][co]))
 
     out = te.compute(shape, epilogue, name=OUT)
     return inputs, out
+
+
+def epilogue_params(spec: ConvSpec) -> dict[str, tuple[str, tuple]]:
+    """{name: (dtype, shape)} of the epilogue's inputs, in argument order."""
+    ep, shape = spec.epilogue, (spec.n, spec.out_h, spec.out_w, spec.cout)
+    per_channel = (spec.cout,)
+    if ep.output == "codes":
+        params = {"mul": ("int32", per_channel), "add": ("int64", per_channel)}
+        if ep.residual:
+            params.update(residual=("uint8", shape), res_mul=("int32", per_channel))
+        return params
+    if ep.output == "float32":
+        params = {"mul": ("float32", per_channel), "add": ("float32", per_channel)}
+        if ep.residual:
+            params["residual"] = ("float32", shape)
+        return params
+    return {}
+
+
+def epilogue_value(spec: ConvSpec, exact, load):
+    """The output value from the exact integer result (int32, scalar or vector);
+    `load(name)` gives the epilogue input `name` at the same output position."""
+    ep = spec.epilogue
+    if ep.output == "int32":
+        return exact
+    lanes = exact.ty.dtype.lanes
+
+    def typed(dtype):
+        return dtype if lanes == 1 else f"{dtype}x{lanes}"
+
+    def const(value, dtype):
+        c = tirx.const(value, dtype)
+        return c if lanes == 1 else tirx.Broadcast(c, lanes)
+
+    if ep.output == "codes":
+        wide = spec.requant_dtype
+        total = exact.astype(typed(wide)) * load("mul").astype(typed(wide))
+        if ep.residual:
+            total = total + (load("residual").astype(typed(wide))
+                             * load("res_mul").astype(typed(wide)))
+        q = (total + load("add").astype(typed(wide))) >> const(ep.shift, wide)
+        q = tirx.min(tirx.max(q, const(0, wide)), const((1 << ep.out_bits) - 1, wide))
+        return q.astype(typed("uint8"))
+    v = exact.astype(typed("float32")) * load("mul")
+    v = v + load("add")
+    if ep.residual:
+        v = v + load("residual")
+    if ep.relu:
+        v = tirx.max(v, const(0.0, "float32"))
+    return v

@@ -17,6 +17,7 @@ class Knobs:
     unroll_bits: bool = True    # unroll the a x w bit-plane loops
     reduction_order: str = "window_first"  # (kh, kw, words, i, j) or (i, j, kh, kw, words)
     parallel: bool = True       # output rows across threads
+    paired_lanes: bool = False  # 16-channel layers: two words per lane pair (paired_x86.py)
 
     def __post_init__(self):
         if self.tile_w < 1 or self.tile_co < 1:
@@ -31,7 +32,8 @@ class Knobs:
         shrinks to a whole number of 8-lane vectors where one divides the channels: 24
         channels tile as 8, not 12 (whose partial vectors ran 2.4-4.7x slower)."""
         return replace(self, tile_w=largest_divisor_at_most(spec.out_w, self.tile_w),
-                       tile_co=channel_tile(spec.cout, self.tile_co))
+                       tile_co=channel_tile(spec.cout, self.tile_co),
+                       paired_lanes=self.paired_lanes and paired_lanes_apply(spec))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -48,6 +50,17 @@ def channel_tile(channels: int, limit: int) -> int:
     whole = [d for d in range(VECTOR_LANES, min(channels, limit) + 1, VECTOR_LANES)
              if channels % d == 0]
     return whole[-1] if whole else largest_divisor_at_most(channels, limit)
+
+
+def paired_lanes_apply(spec: ConvSpec) -> bool:
+    """Layers the paired-lane kernel (paired_x86.py) computes: 16-bit words of 16
+    channels, whole groups of 16 output channels, 16-bit accumulators, and either pixel
+    pairs (1 activation bit, stride 1, an even output width) or plane pairs (2 or 4
+    activation bits)."""
+    pixel_pairs = spec.a_bits == 1 and spec.stride == 1 and spec.out_w % 2 == 0
+    plane_pairs = spec.a_bits in (2, 4)
+    return (spec.word_bits == 16 and spec.words == 1 and spec.cout % 16 == 0
+            and spec.acc_dtype == "int16" and (pixel_pairs or plane_pairs))
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:

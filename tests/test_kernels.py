@@ -268,3 +268,76 @@ def test_contract_modules_do_not_import_tvm():
     code = ("import sys, mpqc.schedules, mpqc.schedules.spec, mpqc.schedules.reference, "
             "mpqc.schedules.requant; assert 'tvm' not in sys.modules and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# the paired-lane kernel (paired_x86.py): 16-channel layers, both of its pairings
+PAIRED = Knobs(tile_w=4, paired_lanes=True)
+TILED = Knobs(tile_w=4, tile_co=16, paired_lanes=False)
+PAIRED_GEOMETRIES = [  # (h, w, cout, stride): pixel pairs need stride 1 and an even width
+    (5, 8, 16, 1), (7, 9, 32, 2), (4, 6, 32, 1)]
+
+
+@pytest.mark.parametrize("a_bits,w_bits", PAIRS)
+def test_paired_lanes_every_pair_exact(a_bits, w_bits):
+    """Every pair: exact where the paired kernel applies, the tiled kernel elsewhere."""
+    rng = np.random.default_rng(100 + a_bits * 10 + w_bits)
+    for h, w_, cout, stride in PAIRED_GEOMETRIES:
+        spec = ConvSpec(1, h, w_, 16, cout, 3, stride, 1, a_bits, w_bits, word_bits=16)
+        x, w = random_codes(rng, spec)
+        expected = ref.conv_int(x, w, spec)
+        np.testing.assert_array_equal(run_conv(spec, x, w, knobs=PAIRED), expected,
+                                      err_msg=spec.name)
+        assert PAIRED.fit(spec).paired_lanes == (
+            spec.acc_dtype == "int16" and (a_bits in (2, 4) or (a_bits == 1 and stride == 1)))
+
+
+@pytest.mark.parametrize("a_bits,w_bits,out_bits,residual", [
+    (1, 1, 1, True), (2, 2, 2, True), (4, 3, 4, True), (1, 2, 8, False), (2, 1, 1, False)])
+def test_paired_lanes_codes_epilogue_exact(a_bits, w_bits, out_bits, residual):
+    """Requantized codes (int32 and int64 fixed point), residual included."""
+    rng = np.random.default_rng(out_bits)
+    for narrow in (False, True):
+        spec = ConvSpec(1, 6, 8, 16, 32, 3, 1, 1, a_bits, w_bits, word_bits=16,
+                        epilogue=Epilogue("codes", residual=residual, out_bits=out_bits,
+                                          shift=12 if narrow else 20,
+                                          mul_bound=(1 << 14) if narrow else 0))
+        assert PAIRED.fit(spec).paired_lanes
+        assert spec.requant_dtype == ("int32" if narrow else "int64")
+        x, w = random_codes(rng, spec)
+        mul, add = spread_epilogue(rng, x, w, spec)
+        mul = np.clip(mul, -(1 << 14), 1 << 14).astype(np.int32)
+        res = res_mul = None
+        if residual:
+            res = rng.integers(0, 1 << out_bits, (1, 6, 8, 32)).astype(np.uint8)
+            res_mul = rng.integers(-(1 << 14), (1 << 14) + 1, 32).astype(np.int32)
+        got = run_conv(spec, x, w, mul, add, res, res_mul, knobs=PAIRED)
+        expected = ref.bitserial_conv2d(x, w, spec, mul, add, res, res_mul)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{spec.name} narrow={narrow}")
+        np.testing.assert_array_equal(run_conv(spec, x, w, mul, add, res, res_mul, knobs=TILED),
+                                      expected)
+        assert len(np.unique(expected)) >= min(1 << out_bits, 2)
+
+
+def test_paired_lanes_float_epilogue_matches_tiled():
+    rng = np.random.default_rng(7)
+    spec = ConvSpec(1, 6, 8, 16, 16, 3, 1, 1, 2, 2, word_bits=16,
+                    epilogue=Epilogue("float32", residual=True, relu=True))
+    x, w = random_codes(rng, spec)
+    mul, add = float_epilogue(rng, spec)
+    res = rng.normal(size=(1, 6, 8, 16)).astype(np.float32)
+    got = run_conv(spec, x, w, mul, add, res, knobs=PAIRED)
+    expected = np.maximum(ref.conv_int(x, w, spec).astype(np.float32) * mul + add + res, 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+    assert (got == 0).any() and (got > 0).any()
+
+
+def test_paired_lanes_where_they_apply():
+    base = ConvSpec(1, 32, 32, 16, 16, 3, 1, 1, 1, 1, word_bits=16)
+    assert PAIRED.fit(base).paired_lanes
+    assert not PAIRED.fit(base.with_(a_bits=3)).paired_lanes          # odd planes
+    assert not PAIRED.fit(base.with_(stride=2, cout=32)).paired_lanes  # 1 bit, stride 2
+    assert PAIRED.fit(base.with_(stride=2, cout=32, a_bits=2)).paired_lanes
+    assert not PAIRED.fit(base.with_(cout=24)).paired_lanes           # half a group
+    assert not PAIRED.fit(base.with_(cin=32, word_bits=32)).paired_lanes
+    assert not PAIRED.fit(base.with_(a_bits=4, w_bits=5)).paired_lanes  # int32 accumulators
+    assert not TILED.fit(base).paired_lanes
