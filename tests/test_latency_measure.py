@@ -1,5 +1,6 @@
 """Measuring kernels into the database: locally, through a tracker with two RPC servers
 (a farm of two boards on 127.0.0.1), and surviving kill -9."""
+import dataclasses
 import json
 import os
 import signal
@@ -105,21 +106,44 @@ def test_farm_of_two_servers_shares_the_work_and_agrees_with_local(tmp_path, rpc
     servers = {r.device for r in remote}
     assert servers == {f"rpc:127.0.0.1:{p}" for p in ports}, servers  # both boards worked
     assert not any(r.emulated for r in remote)
-    # the values: one board at a time, so two servers do not share the 2 cores
-    serial_db = tmp_path / "serial.jsonl"
-    run_measurements(jobs, serial_db, target, repeats=10, device=device, workers=1)
-    run_measurements(jobs, local_db, target, repeats=10)
-    local = {r.key: r for r in read_db(local_db)}
+    # the values: one board at a time, so two servers do not share the 2 cores, against a
+    # local measurement in a fresh process (as `mpqc measure` runs it: this test process
+    # has run hundreds of tests before, and its state is no user's). Two alternating rounds
+    # of each, fastest sample per kernel: a burst of other work on the shared host then
+    # has to hit the same kernel in both rounds to move a ratio.
+    serial, local = {}, {}
+    for round_ in range(2):
+        serial_db, local_db = tmp_path / f"serial{round_}.jsonl", tmp_path / f"local{round_}.jsonl"
+        run_measurements(jobs, serial_db, target, repeats=10, device=device, workers=1)
+        _measure_in_fresh_process(jobs, local_db)
+        for into, db in ((serial, serial_db), (local, local_db)):
+            for r in read_db(db):
+                if r.key not in into or r.min_ms < into[r.key].min_ms:
+                    into[r.key] = r
+    assert serial.keys() == local.keys() == {r.key for r in remote}
     ratios = []
-    for r in read_db(serial_db):
-        mine = local[r.key]
+    for key, r in serial.items():
+        mine = local[key]
         assert mine.knobs == r.knobs and mine.word_bits == r.word_bits
         ratios.append(r.min_ms / mine.min_ms)
-    # same kernels, same machine: equal within noise. The fastest sample is compared
-    # (other work on a shared 2-core host slows samples down, never speeds them up);
-    # a single short kernel can still be hit twice as hard as the typical one
+    # same kernels, same machine: equal within noise (other work on a shared 2-core host
+    # slows samples down, never speeds them up, hence the fastest sample)
     assert 0.67 < statistics.median(ratios) < 1.5, ratios
     assert all(0.4 < x < 2.5 for x in ratios), ratios
+
+
+def _measure_in_fresh_process(jobs, db):
+    spec = json.dumps([[dataclasses.asdict(j.shape), j.a_bits, j.w_bits] for j in jobs])
+    code = ("import json, sys\n"
+            "from mpqc.latency.measure import run_measurements\n"
+            "from mpqc.latency.records import LayerShape\n"
+            "from mpqc.latency.space import Job\n"
+            "from mpqc.targets import load_target\n"
+            "jobs = [Job(LayerShape(**s), a, w) for s, a, w in json.loads(sys.argv[1])]\n"
+            "run_measurements(jobs, sys.argv[2], load_target('host'), repeats=10)\n")
+    done = subprocess.run([PY, "-c", code, spec, str(db)], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr
 
 
 def test_kill_9_during_measure_loses_at_most_one_record(tmp_path):
