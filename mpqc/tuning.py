@@ -107,7 +107,7 @@ def knob_space(max_trials: int | None = None) -> list[Knobs]:
              for tc, tw, order, unroll in itertools.product(
                  (8, 16, 32), (4, 2, 7, 8, 1), ("window_first", "bits_first"), (True, False))]
     # the paired-lane kernel (16-channel layers) has one knob of its own: its tile
-    space[1:1] = [Knobs(tile_w=tw, paired_lanes=True) for tw in (4, 2, 8)]
+    space[1:1] = [Knobs(paired_tile_w=tw, paired_lanes=True) for tw in (4, 1, 2, 8)]
     return space[:max_trials] if max_trials else space
 
 

@@ -25,7 +25,7 @@ def conv_prim_func(spec: ConvSpec, knobs: Knobs, name: str = "main") -> tvm.tirx
     """The fused conv (packed planes in, epilogue out), scheduled with `knobs`: the
     paired-lane kernel where the knob asks for it and the layer fits, else the tiled."""
     if knobs.paired_lanes and paired_lanes_apply(spec):
-        return paired_conv_prim_func(spec, knobs.tile_w, name)
+        return paired_conv_prim_func(spec, knobs.paired_tile_w, name)
     inputs, out = bitserial_conv2d_nhwc(spec)
     func = te.create_prim_func([*inputs, out]).with_attr("global_symbol", name)
     sch = schedule_conv(s_tir.Schedule(func), spec, knobs)

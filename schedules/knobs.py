@@ -18,9 +18,10 @@ class Knobs:
     reduction_order: str = "window_first"  # (kh, kw, words, i, j) or (i, j, kh, kw, words)
     parallel: bool = True       # output rows across threads
     paired_lanes: bool = False  # 16-channel layers: two words per lane pair (paired_x86.py)
+    paired_tile_w: int = 4      # that kernel's accumulator vectors per step along a row
 
     def __post_init__(self):
-        if self.tile_w < 1 or self.tile_co < 1:
+        if self.tile_w < 1 or self.tile_co < 1 or self.paired_tile_w < 1:
             raise ConfigError(f"schedule knobs: tiles must be >= 1, got {self}")
         if self.reduction_order not in REDUCTION_ORDERS:
             raise ConfigError(f"schedule knobs: reduction_order {self.reduction_order!r} "
@@ -31,9 +32,10 @@ class Knobs:
         has 10 channels). The channel tile is the vector axis of the accumulators, so it
         shrinks to a whole number of 8-lane vectors where one divides the channels: 24
         channels tile as 8, not 12 (whose partial vectors ran 2.4-4.7x slower)."""
+        paired = self.paired_lanes and paired_lanes_apply(spec)
         return replace(self, tile_w=largest_divisor_at_most(spec.out_w, self.tile_w),
-                       tile_co=channel_tile(spec.cout, self.tile_co),
-                       paired_lanes=self.paired_lanes and paired_lanes_apply(spec))
+                       tile_co=channel_tile(spec.cout, self.tile_co), paired_lanes=paired,
+                       paired_tile_w=self.paired_tile_w if paired else Knobs.paired_tile_w)
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -271,7 +271,7 @@ def test_contract_modules_do_not_import_tvm():
 
 
 # the paired-lane kernel (paired_x86.py): 16-channel layers, both of its pairings
-PAIRED = Knobs(tile_w=4, paired_lanes=True)
+PAIRED = Knobs(paired_tile_w=4, paired_lanes=True)
 TILED = Knobs(tile_w=4, tile_co=16, paired_lanes=False)
 PAIRED_GEOMETRIES = [  # (h, w, cout, stride): pixel pairs need stride 1 and an even width
     (5, 8, 16, 1), (7, 9, 32, 2), (4, 6, 32, 1)]
@@ -289,6 +289,28 @@ def test_paired_lanes_every_pair_exact(a_bits, w_bits):
                                       err_msg=spec.name)
         assert PAIRED.fit(spec).paired_lanes == (
             spec.acc_dtype == "int16" and (a_bits in (2, 4) or (a_bits == 1 and stride == 1)))
+
+
+@pytest.mark.parametrize("a_bits,w_bits", [(1, 1), (2, 3), (4, 4)])
+def test_paired_lanes_other_tiles_exact(a_bits, w_bits):
+    """One and two accumulator pairs per step (AVX2's default is one)."""
+    rng = np.random.default_rng(200 + a_bits * 10 + w_bits)
+    for tile in (1, 2):
+        knobs = Knobs(paired_tile_w=tile, paired_lanes=True)
+        for h, w_, cout, stride in PAIRED_GEOMETRIES:
+            spec = ConvSpec(1, h, w_, 16, cout, 3, stride, 1, a_bits, w_bits, word_bits=16)
+            x, w = random_codes(rng, spec)
+            np.testing.assert_array_equal(run_conv(spec, x, w, knobs=knobs),
+                                          ref.conv_int(x, w, spec), err_msg=f"{spec.name} {tile}")
+
+
+def test_default_knobs_take_the_paired_kernel_on_both_x86_widths():
+    from mpqc.schedules import x86
+    assert x86.default_knobs(256).paired_lanes and x86.default_knobs(256).paired_tile_w == 1
+    assert x86.default_knobs(512).paired_lanes and x86.default_knobs(512).paired_tile_w == 4
+    # where the paired kernel does not apply, its tile is not part of the knobs' identity
+    spec = ConvSpec(1, 8, 8, 32, 32, 3, 1, 1, 2, 2, word_bits=32)
+    assert x86.default_knobs(256).fit(spec) == Knobs(tile_w=4, tile_co=8)
 
 
 @pytest.mark.parametrize("a_bits,w_bits,out_bits,residual", [
