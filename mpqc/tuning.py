@@ -106,8 +106,10 @@ def knob_space(max_trials: int | None = None) -> list[Knobs]:
     space = [Knobs(tile_w=tw, tile_co=tc, reduction_order=order, unroll_bits=unroll)
              for tc, tw, order, unroll in itertools.product(
                  (8, 16, 32), (4, 2, 7, 8, 1), ("window_first", "bits_first"), (True, False))]
-    # the paired-lane kernel (16-channel layers) has one knob of its own: its tile
-    space[1:1] = [Knobs(paired_tile_w=tw, paired_lanes=True) for tw in (4, 1, 2, 8)]
+    # the 16-bit-lane kernels (16- and 32-channel layers): their tile, popcounts in byte
+    # or 16-bit lanes
+    space[1:1] = [Knobs(paired_tile_w=tw, paired_lanes=True, half_words=True, byte_counts=b)
+                  for tw, b in itertools.product((1, 4, 2, 8), (True, False))]
     return space[:max_trials] if max_trials else space
 
 

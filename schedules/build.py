@@ -8,6 +8,7 @@ from mpqc.errors import BuildError, ConfigError, last_line
 from mpqc.schedules import FAMILIES, PACK_STYLES
 from mpqc.schedules.compute import PACK, bitpack_nhwc, bitserial_conv2d_nhwc
 from mpqc.schedules.pack_x86 import bitpack_movemask_prim_func, movemask_applies
+from mpqc.schedules.halves_x86 import half_words_apply, half_words_conv_prim_func
 from mpqc.schedules.paired_x86 import paired_conv_prim_func, paired_lanes_apply
 from mpqc.schedules.spec import ConvSpec
 from mpqc.schedules.tiling import Knobs, schedule_conv
@@ -23,9 +24,12 @@ def default_knobs(target) -> Knobs:
 
 def conv_prim_func(spec: ConvSpec, knobs: Knobs, name: str = "main") -> tvm.tirx.PrimFunc:
     """The fused conv (packed planes in, epilogue out), scheduled with `knobs`: the
-    paired-lane kernel where the knob asks for it and the layer fits, else the tiled."""
+    paired-lane or half-word kernel where the knobs ask for it and the layer fits, else
+    the tiled."""
     if knobs.paired_lanes and paired_lanes_apply(spec):
-        return paired_conv_prim_func(spec, knobs.paired_tile_w, name)
+        return paired_conv_prim_func(spec, knobs.paired_tile_w, name, knobs.byte_counts)
+    if knobs.half_words and half_words_apply(spec):
+        return half_words_conv_prim_func(spec, knobs.paired_tile_w, name)
     inputs, out = bitserial_conv2d_nhwc(spec)
     func = te.create_prim_func([*inputs, out]).with_attr("global_symbol", name)
     sch = schedule_conv(s_tir.Schedule(func), spec, knobs)

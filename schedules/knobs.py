@@ -18,7 +18,9 @@ class Knobs:
     reduction_order: str = "window_first"  # (kh, kw, words, i, j) or (i, j, kh, kw, words)
     parallel: bool = True       # output rows across threads
     paired_lanes: bool = False  # 16-channel layers: two words per lane pair (paired_x86.py)
-    paired_tile_w: int = 4      # that kernel's accumulator vectors per step along a row
+    paired_tile_w: int = 4      # steps per row tile of the 16-bit-lane kernels (paired, half-word)
+    byte_counts: bool = False   # paired kernel: popcounts in byte lanes (byte_lanes.py)
+    half_words: bool = False    # 32-bit words counted in 16-bit halves (halves_x86.py)
 
     def __post_init__(self):
         if self.tile_w < 1 or self.tile_co < 1 or self.paired_tile_w < 1:
@@ -33,9 +35,12 @@ class Knobs:
         shrinks to a whole number of 8-lane vectors where one divides the channels: 24
         channels tile as 8, not 12 (whose partial vectors ran 2.4-4.7x slower)."""
         paired = self.paired_lanes and paired_lanes_apply(spec)
+        halves = self.half_words and half_words_apply(spec)
         return replace(self, tile_w=largest_divisor_at_most(spec.out_w, self.tile_w),
                        tile_co=channel_tile(spec.cout, self.tile_co), paired_lanes=paired,
-                       paired_tile_w=self.paired_tile_w if paired else Knobs.paired_tile_w)
+                       half_words=halves, byte_counts=self.byte_counts and paired,
+                       paired_tile_w=self.paired_tile_w if paired or halves
+                       else Knobs.paired_tile_w)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -67,3 +72,10 @@ def paired_lanes_apply(spec: ConvSpec) -> bool:
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def half_words_apply(spec: ConvSpec) -> bool:
+    """Layers the half-word kernel (halves_x86.py) computes: 32-bit words, whole
+    vectors of 8 output channels, and a popcount sum that fits each 16-bit half."""
+    per_half = 16 * spec.kernel ** 2 * spec.words * ((1 << spec.a_bits) - 1) * ((1 << spec.w_bits) - 1)
+    return spec.word_bits == 32 and spec.cout % 8 == 0 and per_half < 1 << 16

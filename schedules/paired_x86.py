@@ -22,6 +22,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
+from mpqc.schedules.byte_lanes import popcount_sum_u16
 from mpqc.schedules.compute import epilogue_value, epilogue_params
 from mpqc.schedules.knobs import largest_divisor_at_most, paired_lanes_apply
 from mpqc.schedules.spec import ConvSpec, weight_offset
@@ -43,24 +44,29 @@ def _doubled_weights(weight, kh, kw, j, g):
                             w32 | (w32 << tirx.Broadcast(tirx.const(16, "uint32"), GROUP)))
 
 
-def _pair_sum(flat, weight, spec: ConvSpec, n, y, x0, g):
+def _pair_sum(flat, weight, spec: ConvSpec, n, y, x0, g, byte_counts: bool):
     """uint16x32: sum over the window, planes and weight planes of popcount(pair & w)
-    << shift, for the pair of words starting at input column x0 (times A, plus 2p)."""
+    << shift, for the pair of words starting at input column x0 (times A, plus 2p).
+    byte_counts: counted in byte lanes, widened per chunk (byte_lanes.py; AVX2)."""
     a, k, s = spec.a_bits, spec.kernel, spec.stride
     hp, wp = spec.padded_hw
-    total = None
+    terms = []
     for kh in range(k):
         for kw in range(k):
             for p in range(max(a // 2, 1)):
                 start = ((n * hp + y * s + kh) * wp + x0 + kw) * a + 2 * p
                 pair = tirx.reinterpret("uint32", tirx.BufferLoad(flat, [tirx.Ramp(start, 1, 2)]))
                 data = tirx.reinterpret(f"uint16x{2 * GROUP}", tirx.Broadcast(pair, GROUP))
-                for j in range(spec.w_bits):
-                    term = tirx.popcount(data & _doubled_weights(weight, kh, kw, j, g))
-                    shift = j + (0 if a == 1 else 2 * p)
-                    if shift:
-                        term = term << _u16x32_const(shift)
-                    total = term if total is None else total + term
+                terms += [(data & _doubled_weights(weight, kh, kw, j, g),
+                           j + (0 if a == 1 else 2 * p)) for j in range(spec.w_bits)]
+    if byte_counts:
+        return popcount_sum_u16(terms, 2 * GROUP)
+    total = None
+    for value, shift in terms:
+        term = tirx.popcount(value)
+        if shift:
+            term = term << _u16x32_const(shift)
+        total = term if total is None else total + term
     return total
 
 
@@ -90,7 +96,8 @@ def _window_sum(pixels, spec: ConvSpec, n, y, x):
     return total
 
 
-def paired_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> tirx.PrimFunc:
+def paired_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main",
+                          byte_counts: bool = False) -> tirx.PrimFunc:
     """The convolution of `spec` (paired_lanes_apply) with `tile` accumulator vectors
     per step along a row, epilogue as in compute.py."""
     if not paired_lanes_apply(spec):
@@ -144,7 +151,7 @@ def paired_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> tirx
                         for t in range(tile):       # unrolled here: registers
                             first = (step * tile + t) * pixels_per_acc
                             low, high = _halves(_pair_sum(
-                                flat, weight, spec, n, y, first * spec.stride, g))
+                                flat, weight, spec, n, y, first * spec.stride, g, byte_counts))
                             if a == 1:
                                 store(first, g, low)
                                 store(first + 1, g, high)

@@ -304,13 +304,66 @@ def test_paired_lanes_other_tiles_exact(a_bits, w_bits):
                                           ref.conv_int(x, w, spec), err_msg=f"{spec.name} {tile}")
 
 
-def test_default_knobs_take_the_paired_kernel_on_both_x86_widths():
+# pairs up to 4 bits, and the 8-bit ends: where the 16-bit-lane kernels apply, the
+# shifts that split between byte and 16-bit lanes (byte_lanes.py), the bounds they check
+NARROW_PAIRS = [(a, w) for a in range(1, 5) for w in range(1, 5)] + [(8, 1), (1, 8), (5, 3)]
+
+
+@pytest.mark.parametrize("a_bits,w_bits", NARROW_PAIRS)
+def test_paired_lanes_in_byte_lanes_exact(a_bits, w_bits):
+    rng = np.random.default_rng(300 + a_bits * 10 + w_bits)
+    knobs = Knobs(paired_tile_w=1, paired_lanes=True, byte_counts=True)
+    for h, w_, cout, stride in PAIRED_GEOMETRIES[:2]:
+        spec = ConvSpec(1, h, w_, 16, cout, 3, stride, 1, a_bits, w_bits, word_bits=16)
+        x, w = random_codes(rng, spec)
+        np.testing.assert_array_equal(run_conv(spec, x, w, knobs=knobs),
+                                      ref.conv_int(x, w, spec), err_msg=spec.name)
+
+
+HALF_GEOMETRIES = [  # (h, w, cin, cout, stride): one and two words per pixel
+    (5, 8, 32, 32, 1), (7, 9, 37, 16, 2)]
+
+
+@pytest.mark.parametrize("a_bits,w_bits", NARROW_PAIRS)
+def test_half_words_exact(a_bits, w_bits):
+    rng = np.random.default_rng(400 + a_bits * 10 + w_bits)
+    for tile in (1, 4):
+        knobs = Knobs(paired_tile_w=tile, half_words=True)
+        for h, w_, cin, cout, stride in HALF_GEOMETRIES:
+            spec = ConvSpec(1, h, w_, cin, cout, 3, stride, 1, a_bits, w_bits, word_bits=32)
+            x, w = random_codes(rng, spec)
+            np.testing.assert_array_equal(run_conv(spec, x, w, knobs=knobs),
+                                          ref.conv_int(x, w, spec), err_msg=f"{spec.name} {tile}")
+            bound = 16 * 9 * spec.words * ((1 << a_bits) - 1) * ((1 << w_bits) - 1)
+            assert knobs.fit(spec).half_words == (bound < 1 << 16)
+
+
+def test_half_words_codes_epilogue_exact():
+    rng = np.random.default_rng(11)
+    spec = ConvSpec(1, 6, 8, 32, 32, 3, 1, 1, 2, 2, word_bits=32,
+                    epilogue=Epilogue("codes", residual=True, out_bits=2, shift=12,
+                                      mul_bound=1 << 14))
+    knobs = Knobs(paired_tile_w=1, half_words=True)
+    assert knobs.fit(spec).half_words
+    x, w = random_codes(rng, spec)
+    mul, add = spread_epilogue(rng, x, w, spec)
+    mul = np.clip(mul, -(1 << 14), 1 << 14).astype(np.int32)
+    res = rng.integers(0, 4, (1, 6, 8, 32)).astype(np.uint8)
+    res_mul = rng.integers(-(1 << 14), (1 << 14) + 1, 32).astype(np.int32)
+    expected = ref.bitserial_conv2d(x, w, spec, mul, add, res, res_mul)
+    np.testing.assert_array_equal(run_conv(spec, x, w, mul, add, res, res_mul, knobs=knobs),
+                                  expected)
+    assert len(np.unique(expected)) >= 2
+
+
+def test_default_knobs_of_the_two_x86_widths():
     from mpqc.schedules import x86
-    assert x86.default_knobs(256).paired_lanes and x86.default_knobs(256).paired_tile_w == 1
-    assert x86.default_knobs(512).paired_lanes and x86.default_knobs(512).paired_tile_w == 4
-    # where the paired kernel does not apply, its tile is not part of the knobs' identity
-    spec = ConvSpec(1, 8, 8, 32, 32, 3, 1, 1, 2, 2, word_bits=32)
-    assert x86.default_knobs(256).fit(spec) == Knobs(tile_w=4, tile_co=8)
+    avx2, avx512 = x86.default_knobs(256), x86.default_knobs(512)
+    assert avx2.paired_lanes and avx2.byte_counts and avx2.half_words and avx2.paired_tile_w == 1
+    assert avx512.paired_lanes and not avx512.half_words and avx512.paired_tile_w == 4
+    # where no 16-bit-lane kernel applies, their knobs are not part of the identity
+    spec = ConvSpec(1, 8, 8, 64, 64, 3, 1, 1, 2, 2, word_bits=64)
+    assert avx2.fit(spec) == Knobs(tile_w=4, tile_co=8)
 
 
 @pytest.mark.parametrize("a_bits,w_bits,out_bits,residual", [
