@@ -1,13 +1,15 @@
-"""The 32-bit-word bit-serial convolution counted in 16-bit lanes (AVX2).
+"""The bit-serial convolution of 32- and 16-bit words counted in 16-bit lanes (AVX2).
 
 AVX2 has no vector popcount: LLVM counts bits with two `vpshufb` nibble lookups per
-vector, then, for 32-bit lanes, unpacks, sums bytes with `vpsadbw` and packs back, most
-of it on the two shuffle pipes the lookups already use. For 16-bit lanes the byte counts
-combine with a shift and an add instead. Here a 32-channel layer's word (one 32-bit
-word per pixel and plane) is broadcast from memory, ANDed with a vector of each output
-channel's weight word and counted as 16-bit halves; the two halves of a channel's lane
-add up only once, after the whole window. 16-bit accumulators hold the sum where the
-bound fits (half_words_apply).
+byte vector; 32-bit lanes then need unpacks, `vpsadbw` and a pack to add the bytes up,
+on the shuffle pipes the lookups already use. Here a layer's word (one per pixel, plane
+and word of channels) is broadcast from memory, ANDed with a vector of each output
+channel's weight word, and its bits are counted in byte lanes and added up in 16-bit
+lanes (byte_lanes.py): a 32-bit word as two 16-bit halves, which add up only once,
+after the whole window. 16-channel layers that the paired kernel (paired_x86.py) does
+not take (an odd number of activation bits, 1 bit at stride 2) come here too, one
+16-bit lane per channel. 16-bit accumulators hold the sum where the bound fits
+(half_words_apply).
 
 Same arguments and results as the tiled kernel (`compute.bitserial_conv2d_nhwc`).
 """
@@ -22,7 +24,12 @@ from mpqc.schedules.compute import epilogue_params, epilogue_value
 from mpqc.schedules.knobs import half_words_apply, largest_divisor_at_most
 from mpqc.schedules.spec import ConvSpec, weight_offset
 
-GROUP = 8    # output channels per 256-bit vector of 32-bit words (16 16-bit lanes)
+VECTOR_BITS = 256  # one ymm register: 16 16-bit lanes, 16 channels of 16-bit words, 8 of 32
+
+
+def group(spec: ConvSpec) -> int:
+    """Output channels per vector."""
+    return VECTOR_BITS // spec.word_bits
 
 __all__ = ["half_words_conv_prim_func", "half_words_apply"]
 
@@ -44,29 +51,32 @@ def _window_sum(flat, spec: ConvSpec, n, y, x):
 
 
 def _half_sum(data, weight, spec: ConvSpec, n, y, x, g):
-    """uint16x(2 GROUP): per 16-bit half of each channel's lane, the sum over the window,
+    """uint16x16: per 16-bit half of each channel's lane (or the whole lane), the sum over the window,
     planes, words and weight planes of popcount(data & w) << (i + j)."""
     a, k, s = spec.a_bits, spec.kernel, spec.stride
-    lanes = 2 * GROUP
+    lanes, size = VECTOR_BITS // 16, group(spec)
     terms = []
     for kh in range(k):
         for kw in range(k):
             for word in range(spec.words):
-                w_vecs = [weight[kh, kw, j, word, tirx.Ramp(g * GROUP, 1, GROUP)]
+                w_vecs = [weight[kh, kw, j, word, tirx.Ramp(g * size, 1, size)]
                           for j in range(spec.w_bits)]
                 for i in range(a):
-                    plane = tirx.Broadcast(data[n, y * s + kh, x * s + kw, i, word], GROUP)
+                    plane = tirx.Broadcast(data[n, y * s + kh, x * s + kw, i, word], size)
                     terms += [(tirx.reinterpret(f"uint16x{lanes}", plane & w_vecs[j]), i + j)
                               for j in range(spec.w_bits)]
     return popcount_sum_u16(terms, lanes)
 
 
-def _join_halves(acc):
-    """int32xGROUP: each channel's two 16-bit halves added."""
-    wide = tirx.reinterpret(f"uint32x{GROUP}", acc)
-    low = wide & tirx.Broadcast(tirx.const(0xFFFF, "uint32"), GROUP)
-    high = wide >> tirx.Broadcast(tirx.const(16, "uint32"), GROUP)
-    return (low + high).astype(f"int32x{GROUP}")
+def _join_halves(acc, spec: ConvSpec):
+    """int32 x group: each channel's count (32-bit words: its two 16-bit halves added)."""
+    size = group(spec)
+    if spec.word_bits == 16:
+        return acc.astype(f"int32x{size}")
+    wide = tirx.reinterpret(f"uint32x{size}", acc)
+    low = wide & tirx.Broadcast(tirx.const(0xFFFF, "uint32"), size)
+    high = wide >> tirx.Broadcast(tirx.const(16, "uint32"), size)
+    return (low + high).astype(f"int32x{size}")
 
 
 def half_words_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> tirx.PrimFunc:
@@ -74,24 +84,26 @@ def half_words_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> 
     along a row, epilogue as in compute.py."""
     if not half_words_apply(spec):
         raise ValueError(f"{spec.name}: the half-word kernel needs 32-bit words, a multiple "
-                         f"of {GROUP} output channels and a popcount bound under 2^16")
+                         f"of {group(spec)} output channels and a popcount bound under 2^16")
     n_, oh, ow, cout = spec.n, spec.out_h, spec.out_w, spec.cout
     hp, wp = spec.padded_hw
     a, k, words = spec.a_bits, spec.kernel, spec.words
     tile = largest_divisor_at_most(ow, tile)
-    steps, groups = ow // tile, cout // GROUP
+    size = group(spec)
+    steps, groups = ow // tile, cout // size
+    word = f"uint{spec.word_bits}"
     scale, offset = weight_offset(spec.w_bits)
 
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name(name)
             T.func_attr({"global_symbol": name, "tirx.noalias": True})
-            data = T.arg("data", T.buffer((n_, hp, wp, a, words), "uint32"))
-            weight = T.arg("weight", T.buffer((k, k, spec.w_bits, words, cout), "uint32"))
+            data = T.arg("data", T.buffer((n_, hp, wp, a, words), word))
+            weight = T.arg("weight", T.buffer((k, k, spec.w_bits, words, cout), word))
             params = {param: T.arg(param, T.buffer(shape, dtype))
                       for param, (dtype, shape) in epilogue_params(spec).items()}
             out = T.arg("out", T.buffer((n_, oh, ow, cout), spec.epilogue.out_dtype))
-            flat = T.decl_buffer((n_ * hp * wp * a * words,), "uint32", data=data.data)
+            flat = T.decl_buffer((n_ * hp * wp * a * words,), word, data=data.data)
             with T.parallel(0, n_ * oh) as row:
                 n, y = row // oh, row % oh
                 wsum = T.decl_buffer((ow,), "int32", scope="local")
@@ -100,8 +112,8 @@ def half_words_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> 
 
                 def store(x, g, popcounts):
                     exact = popcounts * tirx.const(scale, "int32") - tirx.Broadcast(
-                        wsum[x] * tirx.const(offset, "int32"), GROUP)
-                    co = tirx.Ramp(g * GROUP, 1, GROUP)
+                        wsum[x] * tirx.const(offset, "int32"), size)
+                    co = tirx.Ramp(g * size, 1, size)
 
                     def load(param):
                         buf = params[param]
@@ -113,5 +125,5 @@ def half_words_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> 
                     with T.serial(0, steps) as step:
                         for t in range(tile):       # unrolled here: registers
                             x = step * tile + t
-                            store(x, g, _join_halves(_half_sum(data, weight, spec, n, y, x, g)))
+                            store(x, g, _join_halves(_half_sum(data, weight, spec, n, y, x, g), spec))
     return builder.get()

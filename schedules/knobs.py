@@ -35,7 +35,7 @@ class Knobs:
         shrinks to a whole number of 8-lane vectors where one divides the channels: 24
         channels tile as 8, not 12 (whose partial vectors ran 2.4-4.7x slower)."""
         paired = self.paired_lanes and paired_lanes_apply(spec)
-        halves = self.half_words and half_words_apply(spec)
+        halves = self.half_words and half_words_apply(spec) and not paired
         return replace(self, tile_w=largest_divisor_at_most(spec.out_w, self.tile_w),
                        tile_co=channel_tile(spec.cout, self.tile_co), paired_lanes=paired,
                        half_words=halves, byte_counts=self.byte_counts and paired,
@@ -75,7 +75,9 @@ def largest_divisor_at_most(n: int, limit: int) -> int:
 
 
 def half_words_apply(spec: ConvSpec) -> bool:
-    """Layers the half-word kernel (halves_x86.py) computes: 32-bit words, whole
-    vectors of 8 output channels, and a popcount sum that fits each 16-bit half."""
+    """Layers the half-word kernel (halves_x86.py) computes: 32-bit words (or 16-bit
+    ones, where the paired kernel does not apply), whole vectors of output channels (8
+    or 16), and a popcount sum that fits each 16-bit half (or lane)."""
     per_half = 16 * spec.kernel ** 2 * spec.words * ((1 << spec.a_bits) - 1) * ((1 << spec.w_bits) - 1)
-    return spec.word_bits == 32 and spec.cout % 8 == 0 and per_half < 1 << 16
+    return (spec.word_bits in (16, 32) and spec.cout % (256 // spec.word_bits) == 0
+            and per_half < 1 << 16)

@@ -320,8 +320,8 @@ def test_paired_lanes_in_byte_lanes_exact(a_bits, w_bits):
                                       ref.conv_int(x, w, spec), err_msg=spec.name)
 
 
-HALF_GEOMETRIES = [  # (h, w, cin, cout, stride): one and two words per pixel
-    (5, 8, 32, 32, 1), (7, 9, 37, 16, 2)]
+HALF_GEOMETRIES = [  # (h, w, cin, cout, stride, word): one and two words per pixel
+    (5, 8, 32, 32, 1, 32), (7, 9, 37, 16, 2, 32), (5, 8, 16, 16, 1, 16), (7, 9, 16, 32, 2, 16)]
 
 
 @pytest.mark.parametrize("a_bits,w_bits", NARROW_PAIRS)
@@ -329,8 +329,8 @@ def test_half_words_exact(a_bits, w_bits):
     rng = np.random.default_rng(400 + a_bits * 10 + w_bits)
     for tile in (1, 4):
         knobs = Knobs(paired_tile_w=tile, half_words=True)
-        for h, w_, cin, cout, stride in HALF_GEOMETRIES:
-            spec = ConvSpec(1, h, w_, cin, cout, 3, stride, 1, a_bits, w_bits, word_bits=32)
+        for h, w_, cin, cout, stride, word in HALF_GEOMETRIES:
+            spec = ConvSpec(1, h, w_, cin, cout, 3, stride, 1, a_bits, w_bits, word_bits=word)
             x, w = random_codes(rng, spec)
             np.testing.assert_array_equal(run_conv(spec, x, w, knobs=knobs),
                                           ref.conv_int(x, w, spec), err_msg=f"{spec.name} {tile}")
@@ -364,6 +364,11 @@ def test_default_knobs_of_the_two_x86_widths():
     # where no 16-bit-lane kernel applies, their knobs are not part of the identity
     spec = ConvSpec(1, 8, 8, 64, 64, 3, 1, 1, 2, 2, word_bits=64)
     assert avx2.fit(spec) == Knobs(tile_w=4, tile_co=8)
+    # 16-channel layers: paired where it applies, else half words on AVX2
+    spec = ConvSpec(1, 8, 8, 16, 16, 3, 1, 1, 2, 2, word_bits=16)
+    assert avx2.fit(spec).paired_lanes and not avx2.fit(spec).half_words
+    assert avx2.fit(spec.with_(a_bits=3)).half_words
+    assert not avx512.fit(spec.with_(a_bits=3)).half_words
 
 
 @pytest.mark.parametrize("a_bits,w_bits,out_bits,residual", [
