@@ -154,3 +154,22 @@ def epilogue_value(spec: ConvSpec, exact, load):
     if ep.relu:
         v = tirx.max(v, const(0.0, "float32"))
     return v
+
+
+def store_outputs(spec: ConvSpec, out, params: dict, wsum, n, y, x, co_first, lanes: int,
+                  popcounts) -> None:
+    """Store output channels co_first .. co_first + lanes - 1 of pixel (n, y, x), given
+    their popcount sums (int32 x lanes) and the pixel's window sum `wsum[x]`: the
+    epilogue of the kernels written with TVM's IR builder (paired_x86.py, halves_x86.py)."""
+    from tvm.script.ir_builder import tirx as T
+
+    scale, offset = weight_offset(spec.w_bits)
+    exact = popcounts * tirx.const(scale, "int32") - tirx.Broadcast(
+        wsum[x] * tirx.const(offset, "int32"), lanes)
+    co = tirx.Ramp(co_first, 1, lanes)
+
+    def load(param):
+        buf = params[param]
+        return buf[n, y, x, co] if param == "residual" else buf[co]
+
+    T.buffer_store(out, epilogue_value(spec, exact, load), [n, y, x, co])

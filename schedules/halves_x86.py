@@ -20,18 +20,18 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from mpqc.schedules.byte_lanes import popcount_sum_u16
-from mpqc.schedules.compute import epilogue_params, epilogue_value
+from mpqc.schedules.compute import epilogue_params, store_outputs
 from mpqc.schedules.knobs import half_words_apply, largest_divisor_at_most
-from mpqc.schedules.spec import ConvSpec, weight_offset
+from mpqc.schedules.spec import ConvSpec
 
 VECTOR_BITS = 256  # one ymm register: 16 16-bit lanes, 16 channels of 16-bit words, 8 of 32
+
+__all__ = ["half_words_conv_prim_func", "half_words_apply"]
 
 
 def group(spec: ConvSpec) -> int:
     """Output channels per vector."""
     return VECTOR_BITS // spec.word_bits
-
-__all__ = ["half_words_conv_prim_func", "half_words_apply"]
 
 
 def _window_sum(flat, spec: ConvSpec, n, y, x):
@@ -51,8 +51,8 @@ def _window_sum(flat, spec: ConvSpec, n, y, x):
 
 
 def _half_sum(data, weight, spec: ConvSpec, n, y, x, g):
-    """uint16x16: per 16-bit half of each channel's lane (or the whole lane), the sum over the window,
-    planes, words and weight planes of popcount(data & w) << (i + j)."""
+    """uint16x16: per 16-bit half of each channel's lane (or the whole lane), the sum
+    over the window, planes, words and weight planes of popcount(data & w) << (i + j)."""
     a, k, s = spec.a_bits, spec.kernel, spec.stride
     lanes, size = VECTOR_BITS // 16, group(spec)
     terms = []
@@ -83,8 +83,9 @@ def half_words_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> 
     """The convolution of `spec` (half_words_apply) with `tile` output pixels per step
     along a row, epilogue as in compute.py."""
     if not half_words_apply(spec):
-        raise ValueError(f"{spec.name}: the half-word kernel needs 32-bit words, a multiple "
-                         f"of {group(spec)} output channels and a popcount bound under 2^16")
+        raise ValueError(f"{spec.name}: the half-word kernel needs 16- or 32-bit words, "
+                         f"a multiple of {group(spec)} output channels and a popcount bound "
+                         "under 2^16")
     n_, oh, ow, cout = spec.n, spec.out_h, spec.out_w, spec.cout
     hp, wp = spec.padded_hw
     a, k, words = spec.a_bits, spec.kernel, spec.words
@@ -92,7 +93,6 @@ def half_words_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> 
     size = group(spec)
     steps, groups = ow // tile, cout // size
     word = f"uint{spec.word_bits}"
-    scale, offset = weight_offset(spec.w_bits)
 
     with IRBuilder() as builder:
         with T.prim_func():
@@ -111,19 +111,13 @@ def half_words_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> 
                     T.buffer_store(wsum, _window_sum(flat, spec, n, y, x), [x])
 
                 def store(x, g, popcounts):
-                    exact = popcounts * tirx.const(scale, "int32") - tirx.Broadcast(
-                        wsum[x] * tirx.const(offset, "int32"), size)
-                    co = tirx.Ramp(g * size, 1, size)
-
-                    def load(param):
-                        buf = params[param]
-                        return buf[n, y, x, co] if param == "residual" else buf[co]
-
-                    T.buffer_store(out, epilogue_value(spec, exact, load), [n, y, x, co])
+                    store_outputs(spec, out, params, wsum, n, y, x, g * size, size,
+                                  popcounts)
 
                 with T.serial(0, groups) as g:
                     with T.serial(0, steps) as step:
                         for t in range(tile):       # unrolled here: registers
                             x = step * tile + t
-                            store(x, g, _join_halves(_half_sum(data, weight, spec, n, y, x, g), spec))
+                            counts = _half_sum(data, weight, spec, n, y, x, g)
+                            store(x, g, _join_halves(counts, spec))
     return builder.get()

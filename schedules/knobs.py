@@ -20,7 +20,7 @@ class Knobs:
     paired_lanes: bool = False  # 16-channel layers: two words per lane pair (paired_x86.py)
     paired_tile_w: int = 4      # steps per row tile of the 16-bit-lane kernels (paired, half-word)
     byte_counts: bool = False   # paired kernel: popcounts in byte lanes (byte_lanes.py)
-    half_words: bool = False    # 32-bit words counted in 16-bit halves (halves_x86.py)
+    half_words: bool = False    # 32-/16-bit words counted in 16-bit lanes (halves_x86.py)
 
     def __post_init__(self):
         if self.tile_w < 1 or self.tile_co < 1 or self.paired_tile_w < 1:
@@ -78,6 +78,7 @@ def half_words_apply(spec: ConvSpec) -> bool:
     """Layers the half-word kernel (halves_x86.py) computes: 32-bit words (or 16-bit
     ones, where the paired kernel does not apply), whole vectors of output channels (8
     or 16), and a popcount sum that fits each 16-bit half (or lane)."""
-    per_half = 16 * spec.kernel ** 2 * spec.words * ((1 << spec.a_bits) - 1) * ((1 << spec.w_bits) - 1)
+    per_half = (16 * spec.kernel ** 2 * spec.words
+                * ((1 << spec.a_bits) - 1) * ((1 << spec.w_bits) - 1))
     return (spec.word_bits in (16, 32) and spec.cout % (256 // spec.word_bits) == 0
             and per_half < 1 << 16)

@@ -23,9 +23,9 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from mpqc.schedules.byte_lanes import popcount_sum_u16
-from mpqc.schedules.compute import epilogue_value, epilogue_params
+from mpqc.schedules.compute import epilogue_params, store_outputs
 from mpqc.schedules.knobs import largest_divisor_at_most, paired_lanes_apply
-from mpqc.schedules.spec import ConvSpec, weight_offset
+from mpqc.schedules.spec import ConvSpec
 
 GROUP = 16   # output channels per 32-lane vector (two 16-bit lanes each)
 
@@ -111,7 +111,6 @@ def paired_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main",
     tile = largest_divisor_at_most(ow // pixels_per_acc, tile)
     steps, groups = ow // (pixels_per_acc * tile), cout // GROUP
     lanes = largest_divisor_at_most(ow, GROUP)
-    scale, offset = weight_offset(spec.w_bits)
 
     with IRBuilder() as builder:
         with T.prim_func():
@@ -135,16 +134,8 @@ def paired_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main",
                                        [xo * lanes + xi])
 
                 def store(x, g, popcounts):
-                    exact = popcounts * tirx.const(scale, "int32") - tirx.Broadcast(
-                        wsum[x] * tirx.const(offset, "int32"), GROUP)
-                    co = tirx.Ramp(g * GROUP, 1, GROUP)
-
-                    def load(param):
-                        buf = params[param]
-                        return buf[n, y, x, co] if param == "residual" else buf[co]
-
-                    T.buffer_store(out, epilogue_value(spec, exact, load),
-                                   [n, y, x, co])
+                    store_outputs(spec, out, params, wsum, n, y, x, g * GROUP, GROUP,
+                                  popcounts)
 
                 with T.serial(0, groups) as g:
                     with T.serial(0, steps) as step:

@@ -49,8 +49,9 @@ def main(shapes, pairs, repeats):
             tiled = replace(knobs, paired_lanes=False, half_words=False).fit(spec)
             base_us, base_out = _time(spec, tiled, target, repeats)
             row = [f"{text} a{a}w{wb} word{spec.word_bits}: tiled {base_us:.1f} us"]
-            for name, variant in (("paired", replace(knobs, paired_lanes=True, half_words=False)),
-                                  ("half-word", replace(knobs, paired_lanes=False, half_words=True))):
+            variants = (("paired", replace(knobs, paired_lanes=True, half_words=False)),
+                        ("half-word", replace(knobs, paired_lanes=False, half_words=True)))
+            for name, variant in variants:
                 variant = variant.fit(spec)
                 if not (variant.paired_lanes or variant.half_words):
                     continue
