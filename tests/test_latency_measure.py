@@ -127,7 +127,8 @@ def test_farm_of_two_servers_shares_the_work_and_agrees_with_local(tmp_path, rpc
         assert mine.knobs == r.knobs and mine.word_bits == r.word_bits
         ratios.append(r.min_ms / mine.min_ms)
     # same kernels, same machine: equal within noise (other work on a shared 2-core host
-    # slows samples down, never speeds them up, hence the fastest sample)
+    # slows samples down, never speeds them up, hence the fastest sample); a single short
+    # kernel can still be hit twice as hard as the typical one, hence the wider bound
     assert 0.67 < statistics.median(ratios) < 1.5, ratios
     assert all(0.4 < x < 2.5 for x in ratios), ratios
 
