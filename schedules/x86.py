@@ -9,10 +9,11 @@ kernel (paired_x86.py, 16-channel layers) on both widths: 32 16-bit lanes per zm
 instead of 16 per ymm on AVX-512; on AVX2 its pair loads save more than the
 double-width vectors cost, with one accumulator pair per step (half the registers, and
 the nibble-lookup popcount needs several of them). On AVX2 only, the popcounts add up in
-byte lanes (byte_lanes.py) and 32-channel layers take the half-word kernel
-(halves_x86.py): AVX-512's vpopcntw/vpopcntd count any lane width in one instruction, so
-there these save nothing. Alone on a Zen3: 1.8-2.5x the tiled kernel at 16 channels,
-1.1-1.4x at 32 (docs/BENCHMARKS.md).
+byte lanes (byte_lanes.py) and the half-word kernel (halves_x86.py) takes the
+32-channel layers and the 16-channel ones the paired kernel does not: AVX-512's
+vpopcntw/vpopcntd count any lane width in one instruction, so there these save nothing.
+Alone on a Zen3: 1.9-2.6x the tiled kernel at 16 channels, 1.1-1.5x at 32
+(docs/BENCHMARKS.md).
 """
 from mpqc.schedules.knobs import Knobs
 

@@ -1,8 +1,9 @@
 """Time the bit-serial convolution kernels against each other on this host, alone.
 
 For each shape and (a, w) pair: the tiled kernel, the paired-lane kernel (16-bit words)
-and the half-word kernel (32-bit words), each where it applies, with the host's default
-knobs otherwise; outputs compared with the tiled kernel's (the network's codes epilogue).
+and the half-word kernel (16- and 32-bit words), each where it applies, with the host's
+default knobs otherwise; outputs compared with the tiled kernel's (the network's codes
+epilogue).
 
     .venv/bin/python tools/kernel_variants.py --shape 32,32,16,16,3,1,1 --bits 1x1 --bits 2x2
 """
