@@ -35,6 +35,8 @@ def _time(spec, knobs, target, repeats):
 @click.option("--bits", "pairs", multiple=True, required=True, help="AxW, e.g. 2x2 (repeatable).")
 @click.option("--repeats", default=200, show_default=True, help="Timed samples (median).")
 def main(shapes, pairs, repeats):
+    """Time the tiled, paired-lane and half-word convolution kernels of each shape and
+    bit pair side by side on this host (1 thread, median), outputs checked equal."""
     from mpqc.latency.measure import layer_spec
     from mpqc.latency.records import LayerShape
     from mpqc.latency.space import Job
