@@ -83,7 +83,8 @@ def check_conv(spec: ConvSpec, target, knobs: Knobs | None = None, repeats: int 
     from an emulated board."""
     import tvm
 
-    from mpqc.schedules.build import build_conv, default_knobs
+    from mpqc.schedules.build import (build_conv, default_knobs, packed_weights,
+                                      reference_input)
     from mpqc.targets import runs_on_host
 
     if device is None and not runs_on_host(target):
@@ -94,7 +95,7 @@ def check_conv(spec: ConvSpec, target, knobs: Knobs | None = None, repeats: int 
     codes, weights, mul, add = random_operands(spec)
     expected = ref.bitserial_conv2d(codes, weights, spec, mul, add)
     lib = build_conv(spec, target, knobs)
-    args = [ref.pack_activations(codes, spec), ref.pack_weights(weights, spec), mul, add,
+    args = [reference_input(codes, spec, knobs), packed_weights(weights, spec, knobs), mul, add,
             np.zeros(expected.shape, expected.dtype)]
     timing = [None, None, None]
     if device is not None:
@@ -118,16 +119,17 @@ def check_conv(spec: ConvSpec, target, knobs: Knobs | None = None, repeats: int 
                        min_ms=timing[1], max_ms=timing[2], gbmacs=gbmacs)
 
 
-def time_bitpack(spec: ConvSpec, target, repeats: int = 10) -> float:
-    """Median ms of the activation bit-packing kernel of a layer on this machine."""
+def time_bitpack(spec: ConvSpec, target, repeats: int = 10, knobs: Knobs | None = None) -> float:
+    """Median ms of the activation packing kernel of a layer (bit planes, or the lookup
+    tables where the knobs take that kernel) on this machine."""
     import tvm
 
     from mpqc.bench.timing import time_tvm
-    from mpqc.schedules.build import build_bitpack
+    from mpqc.schedules.build import build_bitpack, default_knobs, packed_input
 
     dev = tvm.cpu()
-    hp, wp = spec.padded_hw
-    args = [np.zeros((spec.n, spec.h, spec.w, spec.cin), np.uint8),
-            np.zeros((spec.n, hp, wp, spec.a_bits, spec.words), f"uint{spec.word_bits}")]
-    return time_tvm(build_bitpack(spec, target), "main", dev,
+    knobs = knobs or default_knobs(target)
+    shape, dtype = packed_input(spec, knobs)
+    args = [np.zeros((spec.n, spec.h, spec.w, spec.cin), np.uint8), np.zeros(shape, dtype)]
+    return time_tvm(build_bitpack(spec, target, knobs), "main", dev,
                     [tvm.runtime.tensor(a, dev) for a in args], repeats=repeats).median_ms

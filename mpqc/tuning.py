@@ -110,6 +110,8 @@ def knob_space(max_trials: int | None = None) -> list[Knobs]:
     # or 16-bit lanes
     space[1:1] = [Knobs(paired_tile_w=tw, paired_lanes=True, half_words=True, byte_counts=b)
                   for tw, b in itertools.product((1, 4, 2, 8), (True, False))]
+    # the lookup-table kernel (x86; layers of at most 4 activation bits): its tile
+    space[1:1] = [Knobs(paired_tile_w=tw, lookup_from_a_bits=1) for tw in (1, 2, 4)]
     return space[:max_trials] if max_trials else space
 
 
@@ -128,12 +130,15 @@ def tune_conv(spec: ConvSpec, target, log_path: str | Path,
         if fitted not in seen and fitted not in queued:  # tiles fitted to the layer collide
             queued.add(fitted)
             todo.append(knobs.fit(spec))
-    pack_ms = time_bitpack(spec, target, repeats) if todo else 0.0
+    pack_ms = {}   # the packing differs between the bit-plane and the lookup kernels
     for knobs in progress(todo):
         try:
+            if knobs.lookup_tables not in pack_ms:
+                pack_ms[knobs.lookup_tables] = time_bitpack(spec, target, repeats, knobs)
             check = check_conv(spec, target, knobs, repeats=repeats)
             record = TuningRecord(target.name, tkey, key, knobs.to_json(), check.median_ms,
-                                  check.exact, timestamp=time.time(), pack_ms=pack_ms)
+                                  check.exact, timestamp=time.time(),
+                                  pack_ms=pack_ms[knobs.lookup_tables])
         except BuildError as exc:  # a knob the compiler rejects is a result, not a crash
             record = TuningRecord(target.name, tkey, key, knobs.to_json(), None, False,
                                   error=str(exc), timestamp=time.time())

@@ -8,6 +8,8 @@ from mpqc.errors import BuildError, ConfigError, last_line
 from mpqc.schedules import FAMILIES, PACK_STYLES
 from mpqc.schedules.compute import PACK, bitpack_nhwc, bitserial_conv2d_nhwc
 from mpqc.schedules.pack_x86 import bitpack_movemask_prim_func, movemask_applies
+from mpqc.schedules import lookup_x86
+from mpqc.schedules import reference as ref
 from mpqc.schedules.halves_x86 import half_words_apply, half_words_conv_prim_func
 from mpqc.schedules.paired_x86 import paired_conv_prim_func, paired_lanes_apply
 from mpqc.schedules.spec import ConvSpec
@@ -23,9 +25,11 @@ def default_knobs(target) -> Knobs:
 
 
 def conv_prim_func(spec: ConvSpec, knobs: Knobs, name: str = "main") -> tvm.tirx.PrimFunc:
-    """The fused conv (packed planes in, epilogue out), scheduled with `knobs`: the
-    paired-lane or half-word kernel where the knobs ask for it and the layer fits, else
-    the tiled."""
+    """The fused conv (packed input in, epilogue out), scheduled with `knobs`: the
+    lookup-table, paired-lane or half-word kernel where the knobs ask for it and the
+    layer fits, else the tiled."""
+    if knobs.fit(spec).lookup_tables:
+        return lookup_x86.lookup_conv_prim_func(spec, knobs.paired_tile_w, name)
     if knobs.paired_lanes and paired_lanes_apply(spec):
         return paired_conv_prim_func(spec, knobs.paired_tile_w, name, knobs.byte_counts)
     if knobs.half_words and half_words_apply(spec):
@@ -58,6 +62,41 @@ def bitpack_prim_func(spec: ConvSpec, name: str = "bitpack",
     return sch.mod["main"].with_attr("global_symbol", name)
 
 
+def uses_tables(spec: ConvSpec, knobs: Knobs) -> bool:
+    """Whether the layer's conv reads lookup tables (lookup_x86.py) instead of planes."""
+    return knobs.fit(spec).lookup_tables
+
+
+def packed_input(spec: ConvSpec, knobs: Knobs) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype) of what the conv reads: bit planes, or lookup tables."""
+    if uses_tables(spec, knobs):
+        return lookup_x86.tables_shape(spec), "uint8"
+    hp, wp = spec.padded_hw
+    return (spec.n, hp, wp, spec.a_bits, spec.words), f"uint{spec.word_bits}"
+
+
+def pack_input_prim_func(spec: ConvSpec, knobs: Knobs, name: str = "bitpack",
+                         style: str = "multiply") -> tvm.tirx.PrimFunc:
+    """uint8 NHWC codes -> what the conv of these knobs reads (packed_input)."""
+    if uses_tables(spec, knobs):
+        return lookup_x86.tables_prim_func(spec, name)
+    return bitpack_prim_func(spec, name, style)
+
+
+def reference_input(codes, spec: ConvSpec, knobs: Knobs):
+    """numpy: what pack_input_prim_func computes."""
+    if uses_tables(spec, knobs):
+        return lookup_x86.tables_reference(codes, spec)
+    return ref.pack_activations(codes, spec)
+
+
+def packed_weights(weights, spec: ConvSpec, knobs: Knobs):
+    """numpy: signed weight codes (KH, KW, Cin, Cout) in the layout of the knobs' conv."""
+    if uses_tables(spec, knobs):
+        return lookup_x86.pack_weights(weights, spec)
+    return ref.pack_weights(weights, spec)
+
+
 def compile_prim_func(func: tvm.tirx.PrimFunc, target, what: str):
     """tvm.compile for a target; failures name the operator and the target."""
     from mpqc.targets import tvm_target
@@ -73,6 +112,8 @@ def build_conv(spec: ConvSpec, target, knobs: Knobs | None = None):
     return compile_prim_func(conv_prim_func(spec, knobs), target, spec.name)
 
 
-def build_bitpack(spec: ConvSpec, target):
-    return compile_prim_func(bitpack_prim_func(spec, "main", pack_style(target)), target,
-                             f"bitpack of {spec.name}")
+def build_bitpack(spec: ConvSpec, target, knobs: Knobs | None = None):
+    """The input packing of the layer for the knobs (bit planes or lookup tables)."""
+    knobs = knobs or default_knobs(target)
+    return compile_prim_func(pack_input_prim_func(spec, knobs, "main", pack_style(target)),
+                             target, f"input packing of {spec.name}")

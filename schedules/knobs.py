@@ -21,10 +21,14 @@ class Knobs:
     paired_tile_w: int = 4      # steps per row tile of the 16-bit-lane kernels (paired, half-word)
     byte_counts: bool = False   # paired kernel: popcounts in byte lanes (byte_lanes.py)
     half_words: bool = False    # 32-/16-bit words counted in 16-bit lanes (halves_x86.py)
+    lookup_from_a_bits: int = 0  # lookup-table kernel (lookup_x86.py) from this many
+                                 # activation bits up, where it applies (0: never)
 
     def __post_init__(self):
         if self.tile_w < 1 or self.tile_co < 1 or self.paired_tile_w < 1:
             raise ConfigError(f"schedule knobs: tiles must be >= 1, got {self}")
+        if not 0 <= self.lookup_from_a_bits <= 8:
+            raise ConfigError(f"schedule knobs: lookup_from_a_bits must be 0..8, got {self}")
         if self.reduction_order not in REDUCTION_ORDERS:
             raise ConfigError(f"schedule knobs: reduction_order {self.reduction_order!r} "
                               f"is not one of {REDUCTION_ORDERS}")
@@ -34,13 +38,20 @@ class Knobs:
         has 10 channels). The channel tile is the vector axis of the accumulators, so it
         shrinks to a whole number of 8-lane vectors where one divides the channels: 24
         channels tile as 8, not 12 (whose partial vectors ran 2.4-4.7x slower)."""
-        paired = self.paired_lanes and paired_lanes_apply(spec)
-        halves = self.half_words and half_words_apply(spec) and not paired
+        lookup = (0 < self.lookup_from_a_bits <= spec.a_bits) and lookup_tables_apply(spec)
+        paired = self.paired_lanes and paired_lanes_apply(spec) and not lookup
+        halves = self.half_words and half_words_apply(spec) and not paired and not lookup
         return replace(self, tile_w=largest_divisor_at_most(spec.out_w, self.tile_w),
                        tile_co=channel_tile(spec.cout, self.tile_co), paired_lanes=paired,
                        half_words=halves, byte_counts=self.byte_counts and paired,
-                       paired_tile_w=self.paired_tile_w if paired or halves
+                       lookup_from_a_bits=self.lookup_from_a_bits if lookup else 0,
+                       paired_tile_w=self.paired_tile_w if paired or halves or lookup
                        else Knobs.paired_tile_w)
+
+    @property
+    def lookup_tables(self) -> bool:
+        """Whether a fitted layer's conv is the lookup-table kernel."""
+        return self.lookup_from_a_bits > 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -82,3 +93,12 @@ def half_words_apply(spec: ConvSpec) -> bool:
                 * ((1 << spec.a_bits) - 1) * ((1 << spec.w_bits) - 1))
     return (spec.word_bits in (16, 32) and spec.cout % (256 // spec.word_bits) == 0
             and per_half < 1 << 16)
+
+
+def lookup_tables_apply(spec: ConvSpec) -> bool:
+    """Layers the lookup-table kernel (lookup_x86.py) computes: at most 4 activation
+    bits (a table entry, 4 codes, fits a byte), input channels in pairs of groups of 4,
+    output channels in groups of 16, and a sum that fits 16-bit lanes."""
+    bound = ((1 << spec.a_bits) - 1) * ((1 << spec.w_bits) - 1) * spec.kernel ** 2 * spec.cin
+    return (spec.a_bits <= 4 and spec.cin % 8 == 0 and spec.cout % 16 == 0
+            and bound < 1 << 16)

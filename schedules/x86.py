@@ -14,6 +14,13 @@ byte lanes (byte_lanes.py) and the half-word kernel (halves_x86.py) takes the
 vpopcntw/vpopcntd count any lane width in one instruction, so there these save nothing.
 Alone on a Zen3: 1.9-2.6x the tiled kernel at 16 channels, 1.1-1.5x at 32
 (docs/BENCHMARKS.md).
+
+From 2 activation bits up, AVX2 layers that fit it take the lookup-table kernel
+(lookup_x86.py): a weight plane's bits index a table of activation sums, so the
+activation planes cost nothing and each lookup does 128 products. With its tables it
+was 1.7-2.8x the tiled kernel at a2w2 and 5-7x at a4w4 on a Zen3; at 1 activation bit
+it lost to the paired and half-word kernels (the tables cost more than the planes).
+Not enabled on AVX-512 (not measured there).
 """
 from mpqc.schedules.knobs import Knobs
 
@@ -23,4 +30,4 @@ def default_knobs(simd_bits: int) -> Knobs:
     if wide:
         return Knobs(tile_w=4, tile_co=16, paired_lanes=True, paired_tile_w=4)
     return Knobs(tile_w=4, tile_co=8, paired_lanes=True, paired_tile_w=1, byte_counts=True,
-                 half_words=True)
+                 half_words=True, lookup_from_a_bits=2)

@@ -10,7 +10,8 @@ from mpqc.schedules import ConvSpec, Epilogue, Knobs, dense_spec, pack_word_for
 from mpqc.schedules import reference as ref
 from mpqc.schedules import PACK_STYLES
 from mpqc.schedules.build import (bitpack_prim_func, build_bitpack, build_conv,
-                                  compile_prim_func, pack_style)
+                                  compile_prim_func, default_knobs, pack_style,
+                                  packed_weights, reference_input)
 from mpqc.targets import load_target
 
 HOST = load_target("host")
@@ -47,8 +48,9 @@ def float_epilogue(rng, spec):
 
 
 def run_conv(spec, x, w, mul=None, add=None, residual=None, res_mul=None, knobs=None):
+    knobs = knobs or default_knobs(HOST)
     lib = build_conv(spec, HOST, knobs)
-    args = [ref.pack_activations(x, spec), ref.pack_weights(w, spec)]
+    args = [reference_input(x, spec, knobs), packed_weights(w, spec, knobs)]
     if spec.epilogue.output != "int32":
         args += [mul, add] + ([residual] if spec.epilogue.residual else [])
         args += [res_mul] if res_mul is not None else []
@@ -361,15 +363,22 @@ def test_default_knobs_of_the_two_x86_widths():
     from mpqc.schedules import x86
     avx2, avx512 = x86.default_knobs(256), x86.default_knobs(512)
     assert avx2.paired_lanes and avx2.byte_counts and avx2.half_words and avx2.paired_tile_w == 1
+    assert avx2.lookup_from_a_bits == 2 and avx512.lookup_from_a_bits == 0
     assert avx512.paired_lanes and not avx512.half_words and avx512.paired_tile_w == 4
-    # where no 16-bit-lane kernel applies, their knobs are not part of the identity
-    spec = ConvSpec(1, 8, 8, 64, 64, 3, 1, 1, 2, 2, word_bits=64)
+    # where no 16-bit-lane or lookup kernel applies, their knobs are not part of the identity
+    spec = ConvSpec(1, 8, 8, 64, 64, 3, 1, 1, 1, 2, word_bits=64)
     assert avx2.fit(spec) == Knobs(tile_w=4, tile_co=8)
-    # 16-channel layers: paired where it applies, else half words on AVX2
-    spec = ConvSpec(1, 8, 8, 16, 16, 3, 1, 1, 2, 2, word_bits=16)
+    # from 2 activation bits, the lookup-table kernel on AVX2
+    assert avx2.fit(spec.with_(a_bits=2)) == Knobs(tile_w=4, tile_co=8, paired_tile_w=1,
+                                                   lookup_from_a_bits=2)
+    # 16-channel layers at 1 bit: paired where it applies, else half words on AVX2
+    spec = ConvSpec(1, 8, 8, 16, 16, 3, 1, 1, 1, 2, word_bits=16)
     assert avx2.fit(spec).paired_lanes and not avx2.fit(spec).half_words
-    assert avx2.fit(spec.with_(a_bits=3)).half_words
+    assert avx2.fit(spec.with_(stride=2)).half_words
+    assert avx512.fit(spec.with_(a_bits=2)).paired_lanes
     assert not avx512.fit(spec.with_(a_bits=3)).half_words
+    # above 4 activation bits the lookup kernel does not apply
+    assert avx2.fit(spec.with_(a_bits=5)).half_words
 
 
 @pytest.mark.parametrize("a_bits,w_bits,out_bits,residual", [

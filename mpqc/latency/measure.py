@@ -61,11 +61,12 @@ def build_layer(spec, knobs, target):
     import tvm
 
     from mpqc.errors import BuildError
-    from mpqc.schedules.build import bitpack_prim_func, conv_prim_func, pack_style
+    from mpqc.schedules.build import conv_prim_func, pack_input_prim_func, pack_style
     from mpqc.targets import tvm_target
 
     mod = tvm.IRModule({"conv": conv_prim_func(spec, knobs, "conv"),
-                        "bitpack": bitpack_prim_func(spec, "bitpack", pack_style(target))})
+                        "bitpack": pack_input_prim_func(spec, knobs, "bitpack",
+                                                        pack_style(target))})
     with _BUILD_LOCK:
         try:
             return tvm.compile(mod, tvm_target(target))
@@ -74,24 +75,25 @@ def build_layer(spec, knobs, target):
                              f"{last_line(exc)}") from exc
 
 
-def layer_arguments(spec) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def layer_arguments(spec, knobs) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(bitpack args, conv args) as numpy arrays; the values do not change the time."""
     from mpqc.kernel_check import random_operands
-    from mpqc.schedules import reference as ref
+    from mpqc.schedules.build import packed_weights, reference_input
 
     codes, weights, mul, add = random_operands(spec)
-    planes = ref.pack_activations(codes, spec)
+    planes = reference_input(codes, spec, knobs)
     out = np.zeros((spec.n, spec.out_h, spec.out_w, spec.cout), np.uint8)
-    return [codes, np.zeros_like(planes)], [planes, ref.pack_weights(weights, spec), mul, add, out]
+    return ([codes, np.zeros_like(planes)],
+            [planes, packed_weights(weights, spec, knobs), mul, add, out])
 
 
-def time_layer(lib, dev, spec, repeats: int):
+def time_layer(lib, dev, spec, knobs, repeats: int):
     """(conv Timing, pack Timing) of a built layer library on `dev` (local or remote)."""
     import tvm
 
     from mpqc.bench.timing import time_tvm
 
-    pack_args, conv_args = layer_arguments(spec)
+    pack_args, conv_args = layer_arguments(spec, knobs)
     pack_t = [tvm.runtime.tensor(a, dev) for a in pack_args]
     conv_t = [tvm.runtime.tensor(a, dev) for a in conv_args]
     return (time_tvm(lib, "conv", dev, conv_t, repeats=repeats),
@@ -122,7 +124,7 @@ def measure_local(job: Job, target, threads: int, repeats: int, tuning_log=None)
     spec, knobs = layer_spec(job, target, tuning_log)
     lib = build_layer(spec, knobs, target)
     with pinned_threads(threads):
-        conv, pack = time_layer(lib, tvm.cpu(), spec, repeats)
+        conv, pack = time_layer(lib, tvm.cpu(), spec, knobs, repeats)
     return _record(job, target, threads, spec, knobs, conv, pack,
                    device=f"host:{socket.gethostname()}")
 
@@ -197,7 +199,7 @@ class _RemoteWorker:
             lib = build_layer(spec, knobs, self.target)
             if self.session is None:
                 self.session, self.server = request_device(self.device)
-            conv, pack = self._run(lib, spec)
+            conv, pack = self._run(lib, spec, knobs)
         except MpqcError as exc:
             return _record(job, self.target, self.threads, spec, knobs,
                            device=f"rpc:{self.server}", error=str(exc))
@@ -210,7 +212,7 @@ class _RemoteWorker:
         return _record(job, self.target, self.threads, spec, knobs, conv, pack,
                        device=f"rpc:{self.server}", emulated=emulated)
 
-    def _run(self, lib, spec):
+    def _run(self, lib, spec, knobs):
         from mpqc.remote import export_library
         with tempfile.TemporaryDirectory(prefix="mpqc-measure-") as tmp:
             so = export_library(lib, self.target, Path(tmp) / f"{spec.name}.so")
@@ -218,7 +220,7 @@ class _RemoteWorker:
             remote = self.session.load_module(so.name)
         dev = self.session.cpu()
         self.session.get_function("runtime.config_threadpool")(1, self.threads)
-        return time_layer(remote, dev, spec, self.repeats)
+        return time_layer(remote, dev, spec, knobs, self.repeats)
 
 
 # ---- the run -----------------------------------------------------------------------

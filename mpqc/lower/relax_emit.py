@@ -21,8 +21,8 @@ from tvm import relax
 
 from mpqc.errors import BuildError
 from mpqc.lower.program import Op, Program
-from mpqc.schedules import reference as kernels
-from mpqc.schedules.build import bitpack_prim_func, conv_prim_func
+from mpqc.schedules.build import (conv_prim_func, pack_input_prim_func, packed_input,
+                                   packed_weights)
 from mpqc.schedules.direct import DirectConv, direct_conv_prim_func
 
 OPAQUE = 8  # op_pattern: passes must not fuse into the bit-serial kernels
@@ -158,15 +158,14 @@ class Emitter:
         if p["linear"]:
             codes = self._emit(relax.op.reshape(codes, (spec.n, 1, 1, spec.cin)))
         safe = op.name.replace(".", "_")
-        pack = self._prim(f"bitpack_{safe}",
-                          lambda: bitpack_prim_func(spec, f"bitpack_{safe}", self.pack_style))
+        pack = self._prim(f"bitpack_{safe}", lambda: pack_input_prim_func(
+            spec, knobs, f"bitpack_{safe}", self.pack_style))
         conv = self._prim(f"conv_{safe}", lambda: conv_prim_func(spec, knobs, f"conv_{safe}"))
-        hp, wp = spec.padded_hw
-        word = f"uint{spec.word_bits}"
-        planes = self._emit(relax.call_tir(pack, [codes], _ty(
-            (spec.n, hp, wp, spec.a_bits, spec.words), word)))
+        shape, dtype = packed_input(spec, knobs)
+        planes = self._emit(relax.call_tir(pack, [codes], _ty(shape, dtype)))
         if op.name not in self.weights:
-            self.weights[op.name] = _const(kernels.pack_weights(p["weights"], spec), word)
+            weights = packed_weights(p["weights"], spec, knobs)
+            self.weights[op.name] = _const(weights, str(weights.dtype))
         args = [planes, self.weights[op.name]]
         ep = spec.epilogue
         if ep.output == "codes":
