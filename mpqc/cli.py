@@ -279,7 +279,8 @@ def tune_cmd(target_name, shape, bit_pairs, log_path, trials, repeats):
     for pair in bit_pairs:
         a_bits, w_bits = _parse_ints(pair.replace("x", ","), 2, "--bits")
         spec = conv_spec_for(*dims, a_bits, w_bits, target)
-        best = tune_layer(spec, target, log_path, knob_space(trials), repeats=repeats,
+        best = tune_layer(spec, target, log_path, knob_space(trials, target.schedule),
+                          repeats=repeats,
                           progress=lambda it: tqdm(it, desc=f"tune {spec.name}", unit="knobs"))
         if best is None:
             raise BuildError(f"tuning {spec.name} on {target.name}: no knob choice built and "

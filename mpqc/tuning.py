@@ -101,8 +101,9 @@ def best_variant(path: str | Path | None, spec: ConvSpec, target):
     return by_kernel[best.kernel], Knobs(**best.knobs), best.total_ms
 
 
-def knob_space(max_trials: int | None = None) -> list[Knobs]:
-    """The candidate knobs, most promising first (register-sized tiles)."""
+def knob_space(max_trials: int | None = None, family: str = "x86") -> list[Knobs]:
+    """The candidate knobs of a schedule family, most promising first (register-sized
+    tiles)."""
     space = [Knobs(tile_w=tw, tile_co=tc, reduction_order=order, unroll_bits=unroll)
              for tc, tw, order, unroll in itertools.product(
                  (8, 16, 32), (4, 2, 7, 8, 1), ("window_first", "bits_first"), (True, False))]
@@ -110,8 +111,10 @@ def knob_space(max_trials: int | None = None) -> list[Knobs]:
     # or 16-bit lanes
     space[1:1] = [Knobs(paired_tile_w=tw, paired_lanes=True, half_words=True, byte_counts=b)
                   for tw, b in itertools.product((1, 4, 2, 8), (True, False))]
-    # the lookup-table kernel (x86; layers of at most 4 activation bits): its tile
-    space[1:1] = [Knobs(paired_tile_w=tw, lookup_from_a_bits=1) for tw in (1, 2, 4)]
+    # the lookup-table kernel (layers of at most 4 activation bits): its tile; x86 code
+    # (vpshufb), which LLVM cannot select for another architecture
+    if family == "x86":
+        space[1:1] = [Knobs(paired_tile_w=tw, lookup_from_a_bits=1) for tw in (1, 2, 4)]
     return space[:max_trials] if max_trials else space
 
 
@@ -125,7 +128,7 @@ def tune_conv(spec: ConvSpec, target, log_path: str | Path,
     seen = {json.dumps(r.knobs, sort_keys=True) for r in read_log(log_path)
             if r.kernel == key and r.target_key == tkey}
     todo, queued = [], set()
-    for knobs in candidates or knob_space():
+    for knobs in candidates or knob_space(family=target.schedule):
         fitted = json.dumps(knobs.fit(spec).to_json(), sort_keys=True)
         if fitted not in seen and fitted not in queued:  # tiles fitted to the layer collide
             queued.add(fitted)

@@ -17,8 +17,8 @@ in byte lanes while a byte cannot overflow, then the two halves add up into 16-b
 lanes of the 16 output channels, shifted by the weight plane.
 
 The tables are built once per input pixel by `tables_prim_func` (in place of the bit
-packing), padded like the planes, with a last slot holding the pixel's channel sum (for
-the weight offset term, spec.py). The weights are stored as index bytes (`pack_weights`).
+packing), padded like the planes, followed by every pixel's channel sum (for the weight
+offset term, spec.py; contiguous, so a row's window sums load as vectors). The weights are stored as index bytes (`pack_weights`).
 Layers it computes: `lookup_tables_apply`.
 """
 from __future__ import annotations
@@ -46,11 +46,20 @@ def groups(spec: ConvSpec) -> int:
     return spec.cin // CHANNELS
 
 
-def tables_shape(spec: ConvSpec) -> tuple[int, ...]:
-    """(N, H+2P, W+2P, groups + 1, 16) uint8: a table per group, then the pixel sum
-    (uint16 in the slot's first two bytes)."""
+def _pixels(spec: ConvSpec) -> int:
     hp, wp = spec.padded_hw
-    return (spec.n, hp, wp, groups(spec) + 1, 16)
+    return spec.n * hp * wp
+
+
+def tables_shape(spec: ConvSpec) -> tuple[int]:
+    """Bytes: the tables, (N, H+2P, W+2P, groups, 16) uint8, then the channel sum of
+    every padded pixel, (N, H+2P, W+2P) uint16 (little-endian)."""
+    return (_pixels(spec) * (groups(spec) * 16 + 2),)
+
+
+def _sums_base(spec: ConvSpec) -> int:
+    """Index of the first pixel sum in the buffer viewed as uint16."""
+    return _pixels(spec) * groups(spec) * 8
 
 
 def tables_reference(codes: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -61,12 +70,8 @@ def tables_reference(codes: np.ndarray, spec: ConvSpec) -> np.ndarray:
     index = np.arange(16)
     bits = (index[:, None] >> np.arange(CHANNELS)) & 1            # (16, 4)
     tables = np.einsum("nhwgc,vc->nhwgv", grouped, bits)
-    total = x.sum(axis=-1)
-    out = np.zeros(tables_shape(spec), np.uint8)
-    out[..., :g, :] = tables
-    out[..., g, 0] = total & 0xFF
-    out[..., g, 1] = total >> 8
-    return out
+    sums = x.sum(axis=-1).astype("<u2")
+    return np.concatenate([tables.astype(np.uint8).ravel(), sums.ravel().view(np.uint8)])
 
 
 def pack_weights(weights: np.ndarray, spec: ConvSpec) -> np.ndarray:
@@ -122,7 +127,7 @@ def tables_prim_func(spec: ConvSpec, name: str = "tables") -> tirx.PrimFunc:
     n_, h, w, cin = spec.n, spec.h, spec.w, spec.cin
     hp, wp = spec.padded_hw
     p, g = spec.padding, groups(spec)
-    slots = g + 1
+    base = _sums_base(spec)
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name(name)
@@ -130,8 +135,7 @@ def tables_prim_func(spec: ConvSpec, name: str = "tables") -> tirx.PrimFunc:
             codes = T.arg("codes", T.buffer((n_, h, w, cin), "uint8"))
             tables = T.arg("tables", T.buffer(tables_shape(spec), "uint8"))
             flat_codes = T.decl_buffer((n_ * h * w * cin,), "uint8", data=codes.data)
-            flat = T.decl_buffer((n_ * hp * wp * slots * 16,), "uint8", data=tables.data)
-            sums = T.decl_buffer((n_ * hp * wp * slots * 8,), "uint16", data=tables.data)
+            sums = T.decl_buffer((base + _pixels(spec),), "uint16", data=tables.data)
             with T.parallel(0, n_ * hp) as row:
                 n, yy = row // hp, row % hp
                 with T.serial(0, wp) as xx:
@@ -148,18 +152,17 @@ def tables_prim_func(spec: ConvSpec, name: str = "tables") -> tirx.PrimFunc:
                                 for c in range(CHANNELS):
                                     part = _spread(eight, c)
                                     table = part if table is None else table + part
-                                T.buffer_store(flat, table, [tirx.Ramp(
-                                    (pixel * slots + 2 * pair) * 16, 1, VECTOR)])
+                                T.buffer_store(tables, table, [tirx.Ramp(
+                                    (pixel * g + 2 * pair) * 16, 1, VECTOR)])
                                 wide = eight.astype(f"uint16x{2 * CHANNELS}")
                                 total = wide if total is None else total + wide
-                            T.buffer_store(flat, _u8(0, 16),
-                                           [tirx.Ramp((pixel * slots + g) * 16, 1, 16)])
                             T.buffer_store(sums, _sum_lanes(total, 2 * CHANNELS),
-                                           [(pixel * slots + g) * 8])
+                                           [base + pixel])
                         with T.Else():
-                            with T.serial(0, slots) as slot:
-                                T.buffer_store(flat, _u8(0, 16),
-                                               [tirx.Ramp((pixel * slots + slot) * 16, 1, 16)])
+                            with T.serial(0, g) as slot:
+                                T.buffer_store(tables, _u8(0, 16),
+                                               [tirx.Ramp((pixel * g + slot) * 16, 1, 16)])
+                            T.buffer_store(sums, tirx.const(0, "uint16"), [base + pixel])
     return _in_root_block(builder.get())
 
 
@@ -193,7 +196,7 @@ def _accumulate(flat, weight, spec: ConvSpec, n, y, xs, block, counts, sums):
     per pixel and looked up by every weight plane, each weight vector once per tile."""
     k, s, planes = spec.kernel, spec.stride, spec.w_bits
     hp, wp = spec.padded_hw
-    slots, pairs = groups(spec) + 1, groups(spec) // 2
+    g, pairs = groups(spec), groups(spec) // 2
     taps_per_chunk, pairs_per_chunk = chunking(spec)
     taps = k * k
     byte_slot = {(t, j): (t * planes + j) * VECTOR for t in range(len(xs)) for j in range(planes)}
@@ -226,7 +229,7 @@ def _accumulate(flat, weight, spec: ConvSpec, n, y, xs, block, counts, sums):
                     if pair and pair % pairs_per_chunk == 0:
                         widen_counts()
                         clear_counts()
-                    tables = [flat[tirx.Ramp((((n * hp + y * s + kh) * wp + x * s + kw) * slots
+                    tables = [flat[tirx.Ramp((((n * hp + y * s + kh) * wp + x * s + kw) * g
                                               + 2 * pair) * 16, 1, VECTOR)] for x in xs]
                     for j in range(planes):
                         index = weight[kh, kw, pair, j, block, tirx.Ramp(0, 1, VECTOR)]
@@ -254,8 +257,10 @@ def lookup_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> tirx
     n_, oh, ow, cout = spec.n, spec.out_h, spec.out_w, spec.cout
     hp, wp = spec.padded_hw
     k, s = spec.kernel, spec.stride
-    slots = groups(spec) + 1
+    base = _sums_base(spec)
     tile = largest_divisor_at_most(ow, tile)
+    # window sums: vectors along the row at stride 1 (contiguous pixel sums)
+    lanes = largest_divisor_at_most(ow, 16) if s == 1 else 1
     with IRBuilder() as builder:
         with T.prim_func():
             T.func_name(name)
@@ -266,25 +271,26 @@ def lookup_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> tirx
             params = {param: T.arg(param, T.buffer(shape, dtype))
                       for param, (dtype, shape) in epilogue_params(spec).items()}
             out = T.arg("out", T.buffer((n_, oh, ow, cout), spec.epilogue.out_dtype))
-            flat = T.decl_buffer((n_ * hp * wp * slots * 16,), "uint8", data=tables.data)
-            sums = T.decl_buffer((n_ * hp * wp * slots * 8,), "uint16", data=tables.data)
+            sums = T.decl_buffer((base + _pixels(spec),), "uint16", data=tables.data)
             with T.parallel(0, n_ * oh) as row:
                 n, y = row // oh, row % oh
                 wsum = T.decl_buffer((ow,), "int32", scope="local")
-                with T.serial(0, ow) as x:
-                    total = None
-                    for kh in range(k):
-                        for kw in range(k):
-                            pixel = (n * hp + y * s + kh) * wp + x * s + kw
-                            term = sums[(pixel * slots + slots - 1) * 8].astype("int32")
-                            total = term if total is None else total + term
-                    T.buffer_store(wsum, total, [x])
+                with T.serial(0, ow // lanes) as xo:
+                    with T.vectorized(0, lanes) as xi:
+                        x = xo * lanes + xi
+                        total = None
+                        for kh in range(k):
+                            for kw in range(k):
+                                pixel = (n * hp + y * s + kh) * wp + x * s + kw
+                                term = sums[base + pixel].astype("int32")
+                                total = term if total is None else total + term
+                        T.buffer_store(wsum, total, [x])
                 counts = T.decl_buffer((tile * spec.w_bits * VECTOR,), "uint8", scope="local")
                 sums_ = T.decl_buffer((tile * BLOCK,), "uint16", scope="local")
                 with T.serial(0, cout // BLOCK) as block:
                     with T.serial(0, ow // tile) as step:
                         xs = [step * tile + t for t in range(tile)]
-                        _accumulate(flat, weight, spec, n, y, xs, block, counts, sums_)
+                        _accumulate(tables, weight, spec, n, y, xs, block, counts, sums_)
                         for t, x in enumerate(xs):
                             acc = sums_[tirx.Ramp(t * BLOCK, 1, BLOCK)]
                             store_outputs(spec, out, params, wsum, n, y, x, block * BLOCK,

