@@ -98,7 +98,6 @@ def half_words_apply(spec: ConvSpec) -> bool:
 def lookup_tables_apply(spec: ConvSpec) -> bool:
     """Layers the lookup-table kernel (lookup_x86.py) computes: at most 4 activation
     bits (a table entry, 4 codes, fits a byte), input channels in pairs of groups of 4,
-    output channels in groups of 16, and a sum that fits 16-bit lanes."""
-    bound = ((1 << spec.a_bits) - 1) * ((1 << spec.w_bits) - 1) * spec.kernel ** 2 * spec.cin
+    output channels in groups of 16, and pixel sums that fit 16 bits."""
     return (spec.a_bits <= 4 and spec.cin % 8 == 0 and spec.cout % 16 == 0
-            and bound < 1 << 16)
+            and spec.cin * ((1 << spec.a_bits) - 1) < 1 << 16)

@@ -14,7 +14,8 @@ Layout: a 256-bit vector is two 16-byte halves, each the table of one group of 4
 channels (two consecutive groups: one 32-byte load); byte b of a half is output channel
 16 g + b, its weight index in the weight vector of the same position. Lookups add up
 in byte lanes while a byte cannot overflow, then the two halves add up into 16-bit
-lanes of the 16 output channels, shifted by the weight plane.
+lanes of the 16 output channels (32-bit where a sum can reach 2^16), shifted by the
+weight plane.
 
 The tables are built once per input pixel by `tables_prim_func` (in place of the bit
 packing), padded like the planes, followed by every pixel's channel sum (for the weight
@@ -189,8 +190,14 @@ def chunking(spec: ConvSpec) -> tuple[int, int]:
     return 1, BYTE_MAX // entry_max
 
 
+def sum_dtype(spec: ConvSpec) -> str:
+    """Lanes of the per-channel sums: 16 bits where every sum fits, else 32."""
+    bound = ((1 << spec.a_bits) - 1) * ((1 << spec.w_bits) - 1) * spec.kernel ** 2 * spec.cin
+    return "uint16" if bound < 1 << 16 else "int32"
+
+
 def _accumulate(flat, weight, spec: ConvSpec, n, y, xs, block, counts, sums):
-    """sums[t] (uint16x16, local) = sum over the window, groups and weight planes of the
+    """sums[t] (sum_dtype x 16, local) = sum over the window, groups and weight planes of the
     looked-up activation sums << plane, for output pixel xs[t] and output channels
     16 block .. + 15. The window is a loop (chunks of taps); each table is loaded once
     per pixel and looked up by every weight plane, each weight vector once per tile."""
@@ -200,6 +207,7 @@ def _accumulate(flat, weight, spec: ConvSpec, n, y, xs, block, counts, sums):
     taps_per_chunk, pairs_per_chunk = chunking(spec)
     taps = k * k
     byte_slot = {(t, j): (t * planes + j) * VECTOR for t in range(len(xs)) for j in range(planes)}
+    dtype = sum_dtype(spec)
 
     def clear_counts():
         for offset in byte_slot.values():
@@ -210,13 +218,15 @@ def _accumulate(flat, weight, spec: ConvSpec, n, y, xs, block, counts, sums):
             total = sums[tirx.Ramp(t * BLOCK, 1, BLOCK)]
             for j in range(planes):
                 wide = _widen(counts[tirx.Ramp(byte_slot[t, j], 1, VECTOR)])
+                if dtype != "uint16":
+                    wide = wide.astype(f"{dtype}x{BLOCK}")
                 if j:
-                    wide = wide << tirx.Broadcast(tirx.const(j, "uint16"), BLOCK)
+                    wide = wide << tirx.Broadcast(tirx.const(j, dtype), BLOCK)
                 total = total + wide
             T.buffer_store(sums, total, [tirx.Ramp(t * BLOCK, 1, BLOCK)])
 
     for t in range(len(xs)):
-        T.buffer_store(sums, tirx.Broadcast(tirx.const(0, "uint16"), BLOCK),
+        T.buffer_store(sums, tirx.Broadcast(tirx.const(0, dtype), BLOCK),
                        [tirx.Ramp(t * BLOCK, 1, BLOCK)])
     with T.serial(0, -(-taps // taps_per_chunk)) as chunk:
         clear_counts()
@@ -252,8 +262,8 @@ def lookup_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> tirx
     pixels per step along a row (unrolled), epilogue as in compute.py."""
     if not lookup_tables_apply(spec):
         raise ValueError(f"{spec.name}: the lookup-table kernel needs at most 4 activation "
-                         "bits, input channels in groups of 8, output channels in groups "
-                         "of 16 and sums below 2^16")
+                         "bits, input channels in groups of 8 and output channels in "
+                         "groups of 16")
     n_, oh, ow, cout = spec.n, spec.out_h, spec.out_w, spec.cout
     hp, wp = spec.padded_hw
     k, s = spec.kernel, spec.stride
@@ -286,7 +296,7 @@ def lookup_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> tirx
                                 total = term if total is None else total + term
                         T.buffer_store(wsum, total, [x])
                 counts = T.decl_buffer((tile * spec.w_bits * VECTOR,), "uint8", scope="local")
-                sums_ = T.decl_buffer((tile * BLOCK,), "uint16", scope="local")
+                sums_ = T.decl_buffer((tile * BLOCK,), sum_dtype(spec), scope="local")
                 with T.serial(0, cout // BLOCK) as block:
                     with T.serial(0, ow // tile) as step:
                         xs = [step * tile + t for t in range(tile)]

@@ -51,19 +51,20 @@ def test_lookup_every_pair_exact(a_bits, w_bits):
     rng = np.random.default_rng(700 + 10 * a_bits + w_bits)
     for h, w_, cin, cout, stride, padding in GEOMETRIES[:2]:
         spec = ConvSpec(1, h, w_, cin, cout, 3, stride, padding, a_bits, w_bits, word_bits=32)
-        applies = lookup_tables_apply(spec)
-        assert LOOKUP.fit(spec).lookup_tables == applies
-        # the bound the 16-bit sums must stay under
+        assert lookup_tables_apply(spec) and LOOKUP.fit(spec).lookup_tables
+        # 16-bit sums where every sum fits them, else 32-bit
         bound = ((1 << a_bits) - 1) * ((1 << w_bits) - 1) * 9 * cin
-        assert applies == (bound < 1 << 16)
+        assert lookup_x86.sum_dtype(spec) == ("uint16" if bound < 1 << 16 else "int32")
         x, w = random_codes(rng, spec)
         np.testing.assert_array_equal(run_conv(spec, x, w, knobs=LOOKUP),
                                       ref.conv_int(x, w, spec), err_msg=spec.name)
 
 
 def test_lookup_at_the_sum_bound_and_tiles():
-    """Every code at its maximum: the byte chunks and 16-bit sums reach their bounds."""
-    for a_bits, w_bits, cin, tile in [(4, 4, 32, 2), (2, 7, 16, 4), (1, 1, 64, 1)]:
+    """Every code at its maximum: the byte chunks and the 16-bit sums reach their
+    bounds (the last two: 32-bit sums)."""
+    for a_bits, w_bits, cin, tile in [(4, 4, 32, 2), (2, 7, 16, 4), (1, 1, 64, 1),
+                                      (4, 4, 64, 1), (4, 8, 32, 2)]:
         spec = ConvSpec(1, 6, 6, cin, 16, 3, 1, 0, a_bits, w_bits, word_bits=32)
         assert lookup_tables_apply(spec)
         x = np.full((1, 6, 6, cin), (1 << a_bits) - 1, np.uint8)
@@ -108,7 +109,7 @@ def test_where_the_lookup_kernel_applies():
     assert not lookup_tables_apply(base.with_(a_bits=5))          # a table byte overflows
     assert not lookup_tables_apply(base.with_(cin=12))            # half a group pair
     assert not lookup_tables_apply(base.with_(cout=24))           # not whole 16-channel blocks
-    assert not lookup_tables_apply(base.with_(cin=64, a_bits=4, w_bits=4))  # 16-bit sums
+    assert lookup_tables_apply(base.with_(cin=64, a_bits=4, w_bits=4))  # 32-bit sums
     knobs = Knobs(lookup_from_a_bits=2)
     assert knobs.fit(base).lookup_tables and not knobs.fit(base.with_(a_bits=1)).lookup_tables
     with pytest.raises(ValueError, match="lookup-table kernel"):
