@@ -19,8 +19,9 @@ weight plane.
 
 The tables are built once per input pixel by `tables_prim_func` (in place of the bit
 packing), padded like the planes, followed by every pixel's channel sum (for the weight
-offset term, spec.py; contiguous, so a row's window sums load as vectors). The weights are stored as index bytes (`pack_weights`).
-Layers it computes: `lookup_tables_apply`.
+offset term, spec.py; contiguous, so a row's window sums load as vectors). The weights
+are stored as index bytes (`pack_weights`). Layers it computes: `lookup_tables_apply`;
+x86 only (`vpshufb`; the tuning space offers it to the x86 family alone).
 """
 from __future__ import annotations
 

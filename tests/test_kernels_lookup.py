@@ -91,6 +91,15 @@ def test_lookup_codes_epilogue_exact(out_bits, residual):
     assert len(np.unique(expected)) >= 3
 
 
+def test_lookup_dense_layer_exact():
+    """A dense layer is a 1x1 convolution of a 1x1 image (spec.dense_spec)."""
+    from mpqc.schedules import dense_spec
+    rng = np.random.default_rng(9)
+    spec = dense_spec(2, 64, 32, 3, 2, word_bits=64)
+    x, w = random_codes(rng, spec)
+    np.testing.assert_array_equal(run_conv(spec, x, w, knobs=LOOKUP), ref.conv_int(x, w, spec))
+
+
 def test_lookup_float_epilogue():
     rng = np.random.default_rng(5)
     spec = ConvSpec(1, 5, 8, 16, 16, 3, 1, 1, 3, 1, word_bits=16,
