@@ -156,6 +156,23 @@ def epilogue_value(spec: ConvSpec, exact, load):
     return v
 
 
+def conv_arguments(spec: ConvSpec, name: str, data: tuple, weight: tuple):
+    """Inside `T.prim_func()` of a kernel written with TVM's IR builder: its name and
+    arguments, (data buffer, weight buffer, {epilogue param: buffer}, out buffer).
+    `data` and `weight` are (shape, dtype) of the kernel's input layouts."""
+    from tvm.script.ir_builder import tirx as T
+
+    T.func_name(name)
+    T.func_attr({"global_symbol": name, "tirx.noalias": True})
+    data_buf = T.arg("data", T.buffer(*data))
+    weight_buf = T.arg("weight", T.buffer(*weight))
+    params = {param: T.arg(param, T.buffer(shape, dtype))
+              for param, (dtype, shape) in epilogue_params(spec).items()}
+    out = T.arg("out", T.buffer((spec.n, spec.out_h, spec.out_w, spec.cout),
+                                spec.epilogue.out_dtype))
+    return data_buf, weight_buf, params, out
+
+
 def store_outputs(spec: ConvSpec, out, params: dict, wsum, n, y, x, co_first, lanes: int,
                   popcounts) -> None:
     """Store output channels co_first .. co_first + lanes - 1 of pixel (n, y, x), given

@@ -20,7 +20,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from mpqc.schedules.byte_lanes import popcount_sum_u16
-from mpqc.schedules.compute import epilogue_params, store_outputs
+from mpqc.schedules.compute import conv_arguments, store_outputs
 from mpqc.schedules.knobs import half_words_apply, largest_divisor_at_most
 from mpqc.schedules.spec import ConvSpec
 
@@ -96,13 +96,9 @@ def half_words_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> 
 
     with IRBuilder() as builder:
         with T.prim_func():
-            T.func_name(name)
-            T.func_attr({"global_symbol": name, "tirx.noalias": True})
-            data = T.arg("data", T.buffer((n_, hp, wp, a, words), word))
-            weight = T.arg("weight", T.buffer((k, k, spec.w_bits, words, cout), word))
-            params = {param: T.arg(param, T.buffer(shape, dtype))
-                      for param, (dtype, shape) in epilogue_params(spec).items()}
-            out = T.arg("out", T.buffer((n_, oh, ow, cout), spec.epilogue.out_dtype))
+            data, weight, params, out = conv_arguments(
+                spec, name, ((n_, hp, wp, a, words), word),
+                ((k, k, spec.w_bits, words, cout), word))
             flat = T.decl_buffer((n_ * hp * wp * a * words,), word, data=data.data)
             with T.parallel(0, n_ * oh) as row:
                 n, y = row // oh, row % oh

@@ -30,7 +30,7 @@ from tvm import s_tir, tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from mpqc.schedules.compute import epilogue_params, store_outputs
+from mpqc.schedules.compute import conv_arguments, store_outputs
 from mpqc.schedules.knobs import largest_divisor_at_most, lookup_tables_apply
 from mpqc.schedules.reference import encode_weights
 from mpqc.schedules.spec import ConvSpec
@@ -274,14 +274,9 @@ def lookup_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main") -> tirx
     lanes = largest_divisor_at_most(ow, 16) if s == 1 else 1
     with IRBuilder() as builder:
         with T.prim_func():
-            T.func_name(name)
-            T.func_attr({"global_symbol": name, "tirx.noalias": True})
-            tables = T.arg("tables", T.buffer(tables_shape(spec), "uint8"))
-            weight = T.arg("weight", T.buffer(
-                (k, k, groups(spec) // 2, spec.w_bits, cout // BLOCK, VECTOR), "uint8"))
-            params = {param: T.arg(param, T.buffer(shape, dtype))
-                      for param, (dtype, shape) in epilogue_params(spec).items()}
-            out = T.arg("out", T.buffer((n_, oh, ow, cout), spec.epilogue.out_dtype))
+            tables, weight, params, out = conv_arguments(
+                spec, name, (tables_shape(spec), "uint8"),
+                ((k, k, groups(spec) // 2, spec.w_bits, cout // BLOCK, VECTOR), "uint8"))
             sums = T.decl_buffer((base + _pixels(spec),), "uint16", data=tables.data)
             with T.parallel(0, n_ * oh) as row:
                 n, y = row // oh, row % oh

@@ -23,7 +23,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from mpqc.schedules.byte_lanes import popcount_sum_u16
-from mpqc.schedules.compute import epilogue_params, store_outputs
+from mpqc.schedules.compute import conv_arguments, store_outputs
 from mpqc.schedules.knobs import largest_divisor_at_most, paired_lanes_apply
 from mpqc.schedules.spec import ConvSpec
 
@@ -114,13 +114,9 @@ def paired_conv_prim_func(spec: ConvSpec, tile: int, name: str = "main",
 
     with IRBuilder() as builder:
         with T.prim_func():
-            T.func_name(name)
-            T.func_attr({"global_symbol": name, "tirx.noalias": True})
-            data = T.arg("data", T.buffer((n_, hp, wp, a, 1), "uint16"))
-            weight = T.arg("weight", T.buffer((k, k, spec.w_bits, 1, cout), "uint16"))
-            params = {param: T.arg(param, T.buffer(shape, dtype))
-                      for param, (dtype, shape) in epilogue_params(spec).items()}
-            out = T.arg("out", T.buffer((n_, oh, ow, cout), spec.epilogue.out_dtype))
+            data, weight, params, out = conv_arguments(
+                spec, name, ((n_, hp, wp, a, 1), "uint16"),
+                ((k, k, spec.w_bits, 1, cout), "uint16"))
             flat = T.decl_buffer((n_ * hp * wp * a,), "uint16", data=data.data)
             pixels = T.decl_buffer((n_ * hp * wp,), f"uint{16 * a}", data=data.data)
             with T.parallel(0, n_ * oh) as row:
