@@ -37,6 +37,9 @@ class DirectConv:
     in_dtype: str      # the input codes: "int8" (signed image codes) or "uint8"
     shift: int         # requantization: q = clamp((acc * mul + add) >> shift, 0, 2^out_bits - 1)
     out_bits: int
+    # the input quantizer fused in: (step, low, high); the input is then the float32
+    # image, NCHW, quantized as clamp(round_half_even(x / step), low, high) while padding
+    quantize: tuple[float, float, float] | None = None
 
     @property
     def out_h(self) -> int:
@@ -48,25 +51,42 @@ class DirectConv:
 
 
 def direct_conv2d_nhwc(conv: DirectConv):
-    """Returns (inputs, output): codes (N, H, W, Cin), weights float32 (K, K, Cin, Cout),
-    mul int64 (Cout,), add int64 (Cout,) -> uint8 codes (N, OH, OW, Cout)."""
+    """Returns (inputs, output): codes (N, H, W, Cin) or, with `quantize`, the float32
+    image (N, Cin, H, W); weights float32 (K, K, Cin, Cout), mul int64 (Cout,), add int64
+    (Cout,) -> uint8 codes (N, OH, OW, Cout)."""
     k, s, p = conv.kernel, conv.stride, conv.padding
-    codes = te.placeholder((conv.n, conv.h, conv.w, conv.cin), conv.in_dtype, name="codes")
+    if conv.quantize is None:
+        codes = te.placeholder((conv.n, conv.h, conv.w, conv.cin), conv.in_dtype,
+                               name="codes")
+    else:
+        codes = te.placeholder((conv.n, conv.cin, conv.h, conv.w), "float32", name="images")
     weight = te.placeholder((k, k, conv.cin, conv.cout), "float32", name="weights")
     mul = te.placeholder((conv.cout,), "int64", name="mul")
     add = te.placeholder((conv.cout,), "int64", name="add")
 
     def pad(n, y, x, c):
         inside = tirx.all(y >= p, y < conv.h + p, x >= p, x < conv.w + p)
-        value = codes[n, tirx.max(y - p, 0), tirx.max(x - p, 0), c].astype("float32")
+        yy, xx = tirx.max(y - p, 0), tirx.max(x - p, 0)
+        if conv.quantize is None:
+            value = codes[n, yy, xx, c].astype("float32")
+        else:  # the same float32 ops as the Relax quantizer: divide, round, clamp
+            step, low, high = (tirx.const(v, "float32") for v in conv.quantize)
+            value = tirx.min(tirx.max(tirx.round(codes[n, c, yy, xx] / step), low), high)
         return tirx.if_then_else(inside, value, tirx.const(0.0, "float32"))
 
-    padded = te.compute((conv.n, conv.h + 2 * p, conv.w + 2 * p, conv.cin), pad, name=PAD)
+    hp, wp = conv.h + 2 * p, conv.w + 2 * p
+    if conv.quantize is None:
+        padded = te.compute((conv.n, hp, wp, conv.cin), pad, name=PAD)
+        window = lambda n, y, x, c: padded[n, y, x, c]  # noqa: E731
+    else:  # NCHW like the image: the quantizer vectorizes along its rows
+        padded = te.compute((conv.n, conv.cin, hp, wp), lambda n, c, y, x: pad(n, y, x, c),
+                            name=PAD)
+        window = lambda n, y, x, c: padded[n, c, y, x]  # noqa: E731
     kh, kw = te.reduce_axis((0, k), "kh"), te.reduce_axis((0, k), "kw")
     ci = te.reduce_axis((0, conv.cin), "ci")
     shape = (conv.n, conv.out_h, conv.out_w, conv.cout)
     acc = te.compute(shape, lambda n, y, x, co: te.sum(
-        padded[n, y * s + kh, x * s + kw, ci] * weight[kh, kw, ci, co], axis=[kh, kw, ci]),
+        window(n, y * s + kh, x * s + kw, ci) * weight[kh, kw, ci, co], axis=[kh, kw, ci]),
         name=ACC)
 
     def requant(n, y, x, co):
@@ -121,8 +141,13 @@ def direct_conv_prim_func(conv: DirectConv, lanes: int, name: str = "main",
         sch.decompose_reduction(acc, (reduction or tile)[0])
 
     pad = sch.get_sblock(PAD)
-    pn, py, _, _ = sch.get_loops(pad)
-    sch.parallel(sch.fuse(pn, py))
+    if conv.quantize is None:
+        pn, py, _, _ = sch.get_loops(pad)
+        sch.parallel(sch.fuse(pn, py))
+    else:
+        pn, pc, py, px = sch.get_loops(pad)
+        sch.parallel(sch.fuse(pn, pc, py))
+        sch.vectorize(px)
     return sch.mod["main"].with_attr("global_symbol", name)
 
 

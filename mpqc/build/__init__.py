@@ -4,4 +4,5 @@
 # execution mode, the default pipeline's passes): glue measured on libraries of another
 # format is stale, and the pipeline rebuilds its library. 2: the VM in compiled mode.
 # 3: int32 requantization also for layers with a near-dead channel (schedules/requant.py).
-LIBRARY_FORMAT = 3
+# 4: the input quantizer inside the first conv, the pooling as a scheduled prim func.
+LIBRARY_FORMAT = 4

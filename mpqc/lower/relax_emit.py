@@ -7,7 +7,8 @@ bit-packed once, as constants. The glue is Relax ops that the default pipeline f
   codes (exact: every partial sum is an integer below 2^24, checked at lowering); in
   `main`, an 8-bit convolution followed only by its requantization is one scheduled
   prim func (schedules/direct.py), which the default pipeline would leave unscheduled;
-- requantization and pooling compute in int64 (integer, so exact by construction);
+- requantization and pooling compute in int64 (integer, so exact by construction); the
+  pooling with its quantizer is one scheduled prim func (schedules/pool.py);
 - option-A shortcuts are a strided slice and a channel pad of uint8 codes;
 - the logits are float32.
 All activations are NHWC. `main` returns the logits; `debug` returns every op's output
@@ -24,6 +25,7 @@ from mpqc.lower.program import Op, Program
 from mpqc.schedules.build import (conv_prim_func, pack_input_prim_func, packed_input,
                                    packed_weights)
 from mpqc.schedules.direct import DirectConv, direct_conv_prim_func
+from mpqc.schedules.pool import PoolRequant, pool_requant_prim_func
 
 OPAQUE = 8  # op_pattern: passes must not fuse into the bit-serial kernels
 
@@ -34,6 +36,11 @@ def _ty(shape, dtype: str):
 
 def _const(array, dtype: str):
     return relax.const(np.ascontiguousarray(np.asarray(array).astype(dtype)), dtype)
+
+
+def _channels(values, channels: int):
+    """An int64 per-channel constant from a scalar or (C,) array."""
+    return _const(np.broadcast_to(np.asarray(values, np.int64), (channels,)).copy(), "int64")
 
 
 def _scalar(value, dtype: str):
@@ -64,7 +71,9 @@ class Emitter:
         bb = self.bb
         # `debug` returns every op's output, so only `main` fuses ops
         fused = self._direct_pairs() if name == "main" else {}
+        quantizers = self._fused_quantizers(fused) if name == "main" else {}
         skipped = {requant.output for requant in fused.values()}
+        skipped |= {quantize.output for quantize in quantizers.values()}
         with bb.function(name, [x]):
             with bb.dataflow():
                 env = {p.input: x}
@@ -73,8 +82,8 @@ class Emitter:
                         continue
                     if op.name in fused:
                         requant = fused[op.name]
-                        env[requant.output] = bb.emit(self._direct_conv(op, requant, env),
-                                                      requant.name.replace(".", "_"))
+                        call = self._direct_conv(op, requant, env, quantizers.get(op.name))
+                        env[requant.output] = bb.emit(call, requant.name.replace(".", "_"))
                         continue
                     env[op.output] = bb.emit(getattr(self, f"_{op.kind}")(op, env),
                                              op.name.replace(".", "_"))
@@ -110,17 +119,38 @@ class Emitter:
                 pairs[op.name] = users[0]
         return pairs
 
+    def _fused_quantizers(self, fused: dict[str, Op]) -> dict[str, Op]:
+        """The input quantizers whose only consumer is a fused 8-bit conv: quantized
+        inside its padding (no separate NCHW -> NHWC pass over the image)."""
+        p = self.program
+        users: dict[int, int] = {}
+        for op in p.ops:
+            for i in op.inputs:
+                users[i] = users.get(i, 0) + 1
+        producers = {op.output: op for op in p.ops}
+        found = {}
+        for op in p.ops:
+            source = producers.get(op.inputs[0]) if op.name in fused else None
+            if source is not None and source.kind == "quantize_input" \
+                    and users[source.output] == 1:
+                found[op.name] = source
+        return found
+
     # ---------------------------------------------------------------- ops
-    def _direct_conv(self, conv_op: Op, requant: Op, env):
+    def _direct_conv(self, conv_op: Op, requant: Op, env, quantize: Op | None = None):
         spec, q = conv_op.params["spec"], requant.params
+        fused_input = None if quantize is None else (
+            float(np.float32(quantize.params["step"])), float(quantize.params["low"]),
+            float(quantize.params["high"]))
         direct = DirectConv(spec.n, spec.h, spec.w, spec.cin, spec.cout, spec.kernel,
                             spec.stride, spec.padding,
                             self.program.values[conv_op.inputs[0]].dtype, int(q["shift"]),
-                            int(q["out_bits"]))
+                            int(q["out_bits"]), fused_input)
         safe = conv_op.name.replace(".", "_")
         func = self._prim(f"direct_{safe}",
                           lambda: direct_conv_prim_func(direct, self.float_lanes, f"direct_{safe}"))
-        args = [env[conv_op.inputs[0]], _const(conv_op.params["weights"], "float32"),
+        source = conv_op.inputs[0] if quantize is None else quantize.inputs[0]
+        args = [env[source], _const(conv_op.params["weights"], "float32"),
                 _const(q["mul"], "int64"), _const(q["add"], "int64")]
         return relax.call_tir(func, args, _ty((spec.n, direct.out_h, direct.out_w, spec.cout),
                                               "uint8"))
@@ -199,14 +229,19 @@ class Emitter:
         return self._clamp_codes(q, op.params["out_bits"])
 
     def _pool_requant(self, op: Op, env):
+        """One scheduled prim func (schedules/pool.py): the default pipeline leaves an NHWC
+        sum over pixels unvectorized."""
         p = op.params
-        t = self._affine_int64(op, env)
-        if p["relu"]:
-            t = relax.op.maximum(t, _scalar(0, "int64"))
-        total = relax.op.sum(self._emit(t), axis=[1, 2])
-        q = relax.op.right_shift(relax.op.add(total, _scalar(1 << (p["shift"] - 1), "int64")),
-                                 _scalar(p["shift"], "int64"))
-        return self._clamp_codes(q, p["out_bits"])
+        x = self.program.values[op.inputs[0]]
+        n, h, w, c = x.shape
+        pool = PoolRequant(n, h, w, c, x.dtype, len(op.inputs) > 1, bool(p["relu"]),
+                           int(p["shift"]), int(p["out_bits"]))
+        safe = op.name.replace(".", "_")
+        func = self._prim(f"pool_{safe}", lambda: pool_requant_prim_func(pool, f"pool_{safe}"))
+        args = [env[op.inputs[0]], _channels(p["mul"], c), _channels(p["add"], c)]
+        if pool.residual:
+            args += [env[op.inputs[1]], _channels(p["res_mul"], c)]
+        return relax.call_tir(func, args, _ty((n, c), "uint8"))
 
     def _shortcut(self, op: Op, env):
         p = op.params
