@@ -40,6 +40,9 @@ class DirectConv:
     # the input quantizer fused in: (step, low, high); the input is then the float32
     # image, NCHW, quantized as clamp(round_half_even(x / step), low, high) while padding
     quantize: tuple[float, float, float] | None = None
+    # int32 when every multiplier fits: a product of two sign-extended 32-bit values is
+    # one vpmuldq, where a full 64-bit multiply is three uops (AVX-512) or emulated (AVX2)
+    mul_dtype: str = "int64"
 
     @property
     def out_h(self) -> int:
@@ -52,8 +55,8 @@ class DirectConv:
 
 def direct_conv2d_nhwc(conv: DirectConv):
     """Returns (inputs, output): codes (N, H, W, Cin) or, with `quantize`, the float32
-    image (N, Cin, H, W); weights float32 (K, K, Cin, Cout), mul int64 (Cout,), add int64
-    (Cout,) -> uint8 codes (N, OH, OW, Cout)."""
+    image (N, Cin, H, W); weights float32 (K, K, Cin, Cout), mul `mul_dtype` (Cout,), add
+    int64 (Cout,) -> uint8 codes (N, OH, OW, Cout)."""
     k, s, p = conv.kernel, conv.stride, conv.padding
     if conv.quantize is None:
         codes = te.placeholder((conv.n, conv.h, conv.w, conv.cin), conv.in_dtype,
@@ -61,7 +64,7 @@ def direct_conv2d_nhwc(conv: DirectConv):
     else:
         codes = te.placeholder((conv.n, conv.cin, conv.h, conv.w), "float32", name="images")
     weight = te.placeholder((k, k, conv.cin, conv.cout), "float32", name="weights")
-    mul = te.placeholder((conv.cout,), "int64", name="mul")
+    mul = te.placeholder((conv.cout,), conv.mul_dtype, name="mul")
     add = te.placeholder((conv.cout,), "int64", name="add")
 
     def pad(n, y, x, c):
@@ -90,7 +93,7 @@ def direct_conv2d_nhwc(conv: DirectConv):
         name=ACC)
 
     def requant(n, y, x, co):
-        t = acc[n, y, x, co].astype("int32").astype("int64") * mul[co] + add[co]
+        t = acc[n, y, x, co].astype("int32").astype("int64") * mul[co].astype("int64") + add[co]
         q = t >> tirx.const(conv.shift, "int64")
         q = tirx.min(tirx.max(q, tirx.const(0, "int64")),
                      tirx.const((1 << conv.out_bits) - 1, "int64"))

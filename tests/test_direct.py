@@ -18,15 +18,16 @@ HOST = load_target("host")
     (9, 9, 5, 7, 1, 1, 0, "uint8", 1),       # 1x1, unsigned codes, 7 channels
     (11, 10, 4, 24, 5, 2, 2, "int8", 3),     # 5x5 kernel
 ])
-@pytest.mark.parametrize("lanes", [8, 16])
-def test_direct_conv_exact(geometry, lanes):
+@pytest.mark.parametrize("lanes,mul_dtype", [(8, "int64"), (16, "int64"), (16, "int32")])
+def test_direct_conv_exact(geometry, lanes, mul_dtype):
     h, w, cin, cout, k, s, p, dtype, bits = geometry
     rng = np.random.default_rng(h * 100 + cout)
     low, high = (-128, 128) if dtype == "int8" else (0, 256)
     codes = rng.integers(low, high, (1, h, w, cin)).astype(dtype)
     weights = rng.integers(-128, 128, (k, k, cin, cout)).astype(np.float32)
     # constants that spread the codes over the output range (not all clamped)
-    conv = DirectConv(1, h, w, cin, cout, k, s, p, dtype, shift=24, out_bits=bits)
+    conv = DirectConv(1, h, w, cin, cout, k, s, p, dtype, shift=24, out_bits=bits,
+                      mul_dtype=mul_dtype)
     bound = 128 * 128 * k * k * cin
     mul = np.round(rng.uniform(0.5, 1.5, cout) * (1 << bits) / (2 * bound) * 8 * (1 << 24))
     add = np.full(cout, (1 << (bits - 1)) << 24, np.int64)
@@ -36,7 +37,8 @@ def test_direct_conv_exact(geometry, lanes):
     lib = compile_prim_func(direct_conv_prim_func(conv, lanes), HOST, "direct conv")
     dev = tvm.cpu()
     out = np.zeros(expected.shape, np.uint8)
-    args = [tvm.runtime.tensor(a, dev) for a in (codes, weights, mul, add, out)]
+    args = [tvm.runtime.tensor(a, dev)
+            for a in (codes, weights, mul.astype(mul_dtype), add, out)]
     lib["main"](*args)
     np.testing.assert_array_equal(args[-1].numpy(), expected)
 

@@ -142,16 +142,18 @@ class Emitter:
         fused_input = None if quantize is None else (
             float(np.float32(quantize.params["step"])), float(quantize.params["low"]),
             float(quantize.params["high"]))
+        mul = np.asarray(q["mul"], np.int64)
+        mul_dtype = "int32" if np.abs(mul).max() < 2 ** 31 else "int64"
         direct = DirectConv(spec.n, spec.h, spec.w, spec.cin, spec.cout, spec.kernel,
                             spec.stride, spec.padding,
                             self.program.values[conv_op.inputs[0]].dtype, int(q["shift"]),
-                            int(q["out_bits"]), fused_input)
+                            int(q["out_bits"]), fused_input, mul_dtype)
         safe = conv_op.name.replace(".", "_")
         func = self._prim(f"direct_{safe}",
                           lambda: direct_conv_prim_func(direct, self.float_lanes, f"direct_{safe}"))
         source = conv_op.inputs[0] if quantize is None else quantize.inputs[0]
         args = [env[source], _const(conv_op.params["weights"], "float32"),
-                _const(q["mul"], "int64"), _const(q["add"], "int64")]
+                _const(mul, mul_dtype), _const(q["add"], "int64")]
         return relax.call_tir(func, args, _ty((spec.n, direct.out_h, direct.out_w, spec.cout),
                                               "uint8"))
 
