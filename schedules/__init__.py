@@ -12,7 +12,7 @@ from mpqc.schedules.knobs import Knobs
 
 # Bumped whenever a compute or schedule change alters kernel speed: latency records
 # measured under another version are stale (not skipped by `measure`, not fitted).
-SCHEDULE_VERSION = 10
+SCHEDULE_VERSION = 11  # 11: small kernel buffers on the stack (tir_pipeline.py)
 
 # schedule family name (targets/*.json "schedule") -> default knobs for a SIMD width
 FAMILIES = {"x86": x86.default_knobs, "arm": arm.default_knobs}

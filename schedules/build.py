@@ -11,6 +11,7 @@ from mpqc.schedules.pack_x86 import bitpack_movemask_prim_func, movemask_applies
 from mpqc.schedules import lookup_x86
 from mpqc.schedules import reference as ref
 from mpqc.schedules.halves_x86 import half_words_apply, half_words_conv_prim_func
+from mpqc.schedules.tir_pipeline import tir_pipeline
 from mpqc.schedules.paired_x86 import paired_conv_prim_func, paired_lanes_apply
 from mpqc.schedules.spec import ConvSpec
 from mpqc.schedules.tiling import Knobs, schedule_conv
@@ -101,7 +102,8 @@ def compile_prim_func(func: tvm.tirx.PrimFunc, target, what: str):
     """tvm.compile for a target; failures name the operator and the target."""
     from mpqc.targets import tvm_target
     try:
-        return tvm.compile(tvm.IRModule({func.attrs["global_symbol"]: func}), tvm_target(target))
+        return tvm.compile(tvm.IRModule({func.attrs["global_symbol"]: func}), tvm_target(target),
+                           tir_pipeline=tir_pipeline())
     except Exception as exc:  # TVM raises many error types; report them as one
         raise BuildError(f"building {what} for target {target.name} failed: "
                          f"{last_line(exc)}") from exc

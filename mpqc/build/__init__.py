@@ -5,4 +5,5 @@
 # format is stale, and the pipeline rebuilds its library. 2: the VM in compiled mode.
 # 3: int32 requantization also for layers with a near-dead channel (schedules/requant.py).
 # 4: the input quantizer inside the first conv, the pooling as a scheduled prim func.
-LIBRARY_FORMAT = 4
+# 5: small kernel buffers on the stack (schedules/tir_pipeline.py).
+LIBRARY_FORMAT = 5

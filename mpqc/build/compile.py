@@ -68,6 +68,7 @@ def check_can_build(target) -> None:
 def compile_relax(module, target):
     import tvm
     from tvm import relax
+    from mpqc.schedules.tir_pipeline import tir_pipeline
     from mpqc.targets import tvm_target
     tt = tvm_target(target)
     try:
@@ -75,7 +76,7 @@ def compile_relax(module, target):
         # interpreted calls, ~7% of a 1-bit ResNet-20 (0.158 -> 0.147 ms). It runs no
         # instrument hook, so Library.profile times each kernel alone instead.
         return relax.build(module, tt, relax_pipeline=relax.get_default_pipeline(tt),
-                           exec_mode=EXEC_MODE)
+                           tir_pipeline=tir_pipeline(), exec_mode=EXEC_MODE)
     except Exception as exc:  # TVM raises many error types
         raise BuildError(f"compiling the network for target {target.name} failed: "
                          f"{last_line(exc)}") from exc
