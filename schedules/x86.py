@@ -20,7 +20,10 @@ From 2 activation bits up, AVX2 layers that fit it take the lookup-table kernel
 activation planes cost nothing and each lookup does 128 products. With its tables it
 was 1.7-2.8x the tiled kernel at a2w2 and 5-7x at a4w4 on a Zen3; at 1 activation bit
 it lost to the paired and half-word kernels (the tables cost more than the planes).
-Not enabled on AVX-512 (not measured there).
+Not a default on AVX-512: on a Xeon (rocketlake, vpopcntq) it lost at 1-2 activation
+bits (0.3-0.8x the best other kernel on ResNet-20's shapes, tables included) and gave
+0.97-1.40x at 3-4 bits, 0.93-1.28x at a3w2 (docs/BENCHMARKS.md); the tuner tries it per
+layer there too.
 """
 from mpqc.schedules.knobs import Knobs
 
