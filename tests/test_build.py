@@ -85,6 +85,10 @@ def test_resnet20_manifest(resnet20_libraries):
     assert len(manifest["sha256"]) == 64 and manifest["versions"]["apache-tvm"]
     assert manifest["network"]["model"] == "resnet20"
     assert manifest["compile_seconds"] < 60
+    # the input quantizer runs inside the first conv (it reads the float NCHW image), and
+    # pooling + the last quantizer is one scheduled kernel
+    assert manifest["kernels"]["direct_conv1"][0] == [[1, 3, 32, 32], "float32"]
+    assert manifest["kernels"]["pool_layer3_2_conv2_pool"][-1] == [[1, 64], "uint8"]
 
 
 def test_library_runs_through_the_runtime(resnet20_libraries):

@@ -102,13 +102,18 @@ class Emitter:
     def _emit(self, expr):
         return self.bb.emit(expr)
 
+    def _consumers(self) -> dict[int, list[Op]]:
+        """value id -> the ops that read it."""
+        consumers: dict[int, list[Op]] = {}
+        for op in self.program.ops:
+            for i in op.inputs:
+                consumers.setdefault(i, []).append(op)
+        return consumers
+
     def _direct_pairs(self) -> dict[str, Op]:
         """8-bit convolutions whose only consumer is a plain requantization."""
         p = self.program
-        consumers: dict[int, list[Op]] = {}
-        for op in p.ops:
-            for i in op.inputs:
-                consumers.setdefault(i, []).append(op)
+        consumers = self._consumers()
         pairs = {}
         for op in p.ops:
             users = consumers.get(op.output, [])
@@ -122,18 +127,15 @@ class Emitter:
     def _fused_quantizers(self, fused: dict[str, Op]) -> dict[str, Op]:
         """The input quantizers whose only consumer is a fused 8-bit conv: quantized
         inside its padding (no separate NCHW -> NHWC pass over the image)."""
-        p = self.program
-        users: dict[int, int] = {}
-        for op in p.ops:
-            for i in op.inputs:
-                users[i] = users.get(i, 0) + 1
-        producers = {op.output: op for op in p.ops}
+        consumers = self._consumers()
+        producers = {op.output: op for op in self.program.ops}
         found = {}
-        for op in p.ops:
-            source = producers.get(op.inputs[0]) if op.name in fused else None
-            if source is not None and source.kind == "quantize_input" \
-                    and users[source.output] == 1:
-                found[op.name] = source
+        for name in fused:
+            conv = next(op for op in self.program.ops if op.name == name)
+            source = producers.get(conv.inputs[0])
+            if (source is not None and source.kind == "quantize_input"
+                    and len(consumers[source.output]) == 1):
+                found[name] = source
         return found
 
     # ---------------------------------------------------------------- ops
@@ -236,6 +238,9 @@ class Emitter:
         p = op.params
         x = self.program.values[op.inputs[0]]
         n, h, w, c = x.shape
+        if len(op.inputs) > 1 and self.program.values[op.inputs[1]].dtype != "uint8":
+            raise BuildError(f"{op.name}: the pooled residual must be uint8 codes, got "
+                             f"{self.program.values[op.inputs[1]].dtype}")
         pool = PoolRequant(n, h, w, c, x.dtype, len(op.inputs) > 1, bool(p["relu"]),
                            int(p["shift"]), int(p["out_bits"]))
         safe = op.name.replace(".", "_")
