@@ -11,10 +11,10 @@ from mpqc.schedules.pack_x86 import bitpack_movemask_prim_func, movemask_applies
 from mpqc.schedules import lookup_x86
 from mpqc.schedules import reference as ref
 from mpqc.schedules.halves_x86 import half_words_apply, half_words_conv_prim_func
-from mpqc.schedules.tir_pipeline import tir_pipeline
 from mpqc.schedules.paired_x86 import paired_conv_prim_func, paired_lanes_apply
 from mpqc.schedules.spec import ConvSpec
 from mpqc.schedules.tiling import Knobs, schedule_conv
+from mpqc.schedules.tir_pipeline import tir_pipeline
 
 
 def default_knobs(target) -> Knobs:

@@ -38,8 +38,8 @@ def _mark(stmt, limit: int):
         size = _constant_bytes(stmt.buffer)
         if size is None or size > limit or DISABLE_LOWER_BUILTIN in stmt.annotations:
             return stmt
-        return tirx.AllocBuffer(stmt.buffer, {**stmt.annotations, DISABLE_LOWER_BUILTIN: tirx.IntImm("bool", 1)},
-                                stmt.span)
+        marked = {**stmt.annotations, DISABLE_LOWER_BUILTIN: tirx.IntImm("bool", 1)}
+        return tirx.AllocBuffer(stmt.buffer, marked, stmt.span)
     if isinstance(stmt, tirx.SeqStmt):
         return tirx.SeqStmt([_mark(s, limit) for s in stmt.seq], stmt.span)
     if isinstance(stmt, tirx.For):
