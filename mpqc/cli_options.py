@@ -27,6 +27,20 @@ choice_option = click.option(
          "which near one-hot cannot tell a harmless drop from a costly one.")
 
 
+fp32_finetune_option = click.option(
+    "--fp32-finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+    help="With --weights: first fine-tune the fp32 network on this data for N epochs "
+         "(Adam 1e-3, cosine). The quantized network starts from it and it is the fp32 "
+         "accuracy reported: a checkpoint trained on other pixels (CIFAR-10 re-encoded as "
+         "JPEG, say) is otherwise a reference that flatters the quantized network.")
+
+distill_option = click.option(
+    "--distill", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+    help="Knowledge distillation in the fine-tuning (and the uniform baselines): the loss "
+         "is (1-D) x cross-entropy + D x KL(fp32 network || quantized network). 0.5-0.9 "
+         "helps at 1-2 bits; one fp32 forward pass per batch more.")
+
+
 def margin_option(default: float):
     return click.option(
         "--margin", type=click.FloatRange(0.0, 0.5), default=default, show_default=True,

@@ -5,8 +5,8 @@ import sys
 
 import click
 
-from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_option,
-                               spend_slack_option)
+from mpqc.cli_options import (choice_option, distill_option, fp32_finetune_option,
+                              gamma_option, lr_option, margin_option, spend_slack_option)
 
 from mpqc.pipeline.steps import STEP_NAMES, STEPS
 
@@ -87,6 +87,8 @@ Steps:
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--fp32-epochs", default=2, show_default=True,
               help="fp32 training epochs when no --weights are given.")
+@fp32_finetune_option
+@distill_option
 @click.option("--subset", type=int, default=None, help="Use N training images.")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -107,7 +109,8 @@ Steps:
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
                  budget_ratio, budget_ort_ratio, workdir, from_step, until_step, method, gamma_max, lr, spend_slack,
                  choice, margin,
-                 bits, baselines, epochs, finetune_epochs, fp32_epochs, subset, batch_size,
+                 bits, baselines, epochs, finetune_epochs, fp32_epochs, fp32_finetune_epochs,
+                 distill, subset, batch_size,
                  seed, threads, random_shapes, repeats, passes, rpc_tracker, rpc_key,
                  tuning_log, quiet):
     import json
@@ -123,7 +126,8 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
                          gamma_max=gamma_max, lr=lr, spend_slack=spend_slack, choice=choice,
                          margin=margin,
                          bits=bits, epochs=epochs, finetune_epochs=finetune_epochs,
-                         fp32_epochs=fp32_epochs, subset=subset, batch_size=batch_size,
+                         fp32_epochs=fp32_epochs, fp32_finetune_epochs=fp32_finetune_epochs,
+                         distill=distill, subset=subset, batch_size=batch_size,
                          seed=seed, threads=threads, random_shapes=random_shapes,
                          repeats=repeats, passes=passes, baselines=_pairs(baselines),
                          rpc_tracker=rpc_tracker,
@@ -157,7 +161,9 @@ def _print_summary(s: dict, ws) -> None:
 
     click.echo(_table([[l["name"], str(l["a"]), str(l["w"])] for l in s["layers"]],
                       ["layer", "a", "w"]))
-    click.echo(f"accuracy  {s['accuracy']:.2%} quantized, {s['fp32_accuracy']:.2%} fp32")
+    click.echo(f"accuracy  {s['accuracy']:.2%} quantized, {s['fp32_accuracy']:.2%} fp32"
+               + (f" (fine-tuned here; {s['fp32_pretrained_accuracy']:.2%} as given)"
+                  if s.get("fp32_pretrained_accuracy") is not None else ""))
     click.echo(f"latency   measured {ms(s['measured_ms'])} ms, predicted {ms(s['predicted_ms'])}"
                f" ms, budget {ms(s['budget_ms'])} ms")
     if s.get("same_run"):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_option,
-                               spend_slack_option)
+from mpqc.cli_options import (choice_option, distill_option, fp32_finetune_option,
+                              gamma_option, lr_option, margin_option, spend_slack_option)
 
 
 @click.command("search")
@@ -37,6 +37,8 @@ from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_opt
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--fp32-epochs", default=2, show_default=True,
               help="fp32 training epochs when no --weights are given.")
+@fp32_finetune_option
+@distill_option
 @lr_option
 @click.option("--lam", type=float, default=1.0, show_default=True, help="EBS cost weight.")
 @click.option("--mu", type=float, default=0.01, show_default=True, help="BP-NAS barrier weight.")
@@ -55,8 +57,8 @@ from mpqc.cli_options import (choice_option, gamma_option, lr_option, margin_opt
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
                budget_ratio, method, bits, uniform, train_config, epochs, finetune_epochs,
-               fp32_epochs, lr, lam, mu, gamma_max, clip_k, spend_slack, choice, margin, subset,
-               batch_size, seed, threads, out_path, quiet):
+               fp32_epochs, fp32_finetune_epochs, distill, lr, lam, mu, gamma_max, clip_k,
+               spend_slack, choice, margin, subset, batch_size, seed, threads, out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
     Alternates weight steps (train split) and strength steps (validation split) of an
@@ -106,7 +108,8 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
                             threads=threads)
     candidate_bits(request)  # bits outside 1..8 fail before any data is read
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
-                              fp32_epochs=fp32_epochs, batch_size=batch_size, lr=lr, lam=lam, mu=mu,
+                              fp32_epochs=fp32_epochs, fp32_finetune_epochs=fp32_finetune_epochs,
+                              distill=distill, batch_size=batch_size, lr=lr, lam=lam, mu=mu,
                               gamma_max=gamma_max, clip_k=clip_k or None,
                               spend_slack=spend_slack, choice=choice, margin=margin, seed=seed,
                               progress=not quiet)

@@ -131,7 +131,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(tiny_mnist, tmp_path, 
     train_epoch = loop._train_epoch
     monkeypatch.setattr(loop, "_train_epoch", lambda *a: epochs.append(a[3]) or train_epoch(*a))
     resumed = search(tmp_path / "cut.ckpt")
-    assert epochs == ["fine-tune epoch 1"]     # the fp32 phase is not trained again
+    assert epochs == ["fine-tune epoch 1/1"]   # the fp32 phase is not trained again
     assert resumed["layers"] == whole["layers"]
     assert resumed["trajectory"] == whole["trajectory"]
     assert resumed["accuracy"] == whole["accuracy"]

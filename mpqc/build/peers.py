@@ -60,13 +60,19 @@ def fp32_network(spec):
 
 
 @contextmanager
+def onnx_peers(model, input_shape, calibration: np.ndarray):
+    """(fp32 .onnx, static int8 QDQ .onnx) of `model` in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="mpqc-peers-") as tmp:
+        fp32 = export_fp32_onnx(model, input_shape, Path(tmp) / "model.onnx")
+        yield fp32, quantize_int8_onnx(fp32, Path(tmp) / "model.int8.onnx", calibration)
+
+
+@contextmanager
 def ort_int8_runner(model, input_shape, image: np.ndarray, calibration: np.ndarray,
                     threads: int):
     """A callable that runs onnxruntime int8 (the static QDQ peer) once on `image`: for
     timing it in rounds alternating with a library."""
-    with tempfile.TemporaryDirectory(prefix="mpqc-peers-") as tmp:
-        fp32 = export_fp32_onnx(model, input_shape, Path(tmp) / "model.onnx")
-        int8 = quantize_int8_onnx(fp32, Path(tmp) / "model.int8.onnx", calibration)
+    with onnx_peers(model, input_shape, calibration) as (_, int8):
         sess = _ort_session(int8, threads)
         feed = {"x": image[None].astype(np.float32)}
         yield lambda: sess.run(None, feed)
@@ -83,9 +89,7 @@ def time_peers(model, input_shape, image: np.ndarray, calibration: np.ndarray,
     with pinned_threads(threads), torch.no_grad():
         out["torch_fp32"] = time_callable(lambda: model(x), repeats=repeats)
     feed = {"x": image[None].astype(np.float32)}
-    with tempfile.TemporaryDirectory(prefix="mpqc-peers-") as tmp:
-        fp32 = export_fp32_onnx(model, input_shape, Path(tmp) / "model.onnx")
-        int8 = quantize_int8_onnx(fp32, Path(tmp) / "model.int8.onnx", calibration)
+    with onnx_peers(model, input_shape, calibration) as (fp32, int8):
         for name, path in (("ort_fp32", fp32), ("ort_int8", int8)):
             sess = _ort_session(path, threads)
             out[name] = time_callable(lambda: sess.run(None, feed), repeats=repeats)

@@ -35,7 +35,8 @@ def preflight(cfg: PipelineConfig) -> None:
         raise ConfigError(f"method {cfg.method!r} is not one of {', '.join(METHODS)}")
     if not cfg.lr > 0:
         raise ConfigError(f"--lr {cfg.lr} must be positive")
-    for name in ("epochs", "finetune_epochs", "fp32_epochs", "random_shapes", "gamma_max"):
+    for name in ("epochs", "finetune_epochs", "fp32_epochs", "fp32_finetune_epochs",
+                 "random_shapes", "gamma_max"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
     if cfg.repeats < 1 or cfg.threads < 1 or cfg.passes < 1:

@@ -25,6 +25,8 @@ class PipelineConfig:
     epochs: int = 2
     finetune_epochs: int = 1
     fp32_epochs: int = 2
+    fp32_finetune_epochs: int = 0   # with --weights: fp32 fine-tuning on this data first
+    distill: float = 0.0        # fp32 teacher's weight in the QAT loss
     subset: int | None = None
     batch_size: int = 128
     seed: int = 0

@@ -93,6 +93,7 @@ def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
         "budget_check": "same-run ratio" if same_run else "ms",
         "same_run": same_run,
         "accuracy": finetune["accuracy"], "fp32_accuracy": finetune["fp32_accuracy"],
+        "fp32_pretrained_accuracy": finetune.get("fp32_pretrained_accuracy"),
         "torch_fp32_ms": bench.get("torch_fp32_ms"), "ort_fp32_ms": bench.get("ort_fp32_ms"),
         "ort_int8_ms": bench.get("ort_int8_ms"),
         "speedup_vs_torch_fp32": ratio("torch_fp32_ms"),
@@ -152,7 +153,9 @@ def _markdown(cfg, summary, per_layer, points, plots) -> str:
              "| | |", "|---|---|",
              f"| verification | {'exact' if s['verified_exact'] else 'NOT exact'} "
              f"(logits max abs diff {s['max_abs_diff']:.3g}) |",
-             f"| accuracy | {s['accuracy']:.2%} quantized, {s['fp32_accuracy']:.2%} fp32 |",
+             f"| accuracy | {s['accuracy']:.2%} quantized, {s['fp32_accuracy']:.2%} fp32"
+             + (f" (fine-tuned on this data; {s['fp32_pretrained_accuracy']:.2%} as given)"
+                if s.get("fp32_pretrained_accuracy") is not None else "") + " |",
              f"| latency | measured {_fmt(s['measured_ms'])} ms, predicted "
              f"{s['predicted_ms']:.4f} ms, budget {s['budget_ms']:.4f} ms |",
              *([f"| budget check | {s['same_run']['ratio']:.3f}x the "

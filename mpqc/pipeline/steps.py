@@ -144,6 +144,7 @@ def _settings(cfg):
     from mpqc.search.loop import SearchSettings
     return SearchSettings(method=cfg.method, epochs=cfg.epochs,
                           finetune_epochs=cfg.finetune_epochs, fp32_epochs=cfg.fp32_epochs,
+                          fp32_finetune_epochs=cfg.fp32_finetune_epochs, distill=cfg.distill,
                           batch_size=cfg.batch_size, gamma_max=cfg.gamma_max,
                           spend_slack=cfg.spend_slack, choice=cfg.choice, margin=cfg.margin,
                           lr=cfg.lr,
@@ -213,6 +214,16 @@ def run_search(cfg, ws):
             "fp32_accuracy": report["fp32_accuracy"]}
 
 
+def _fp32_start(cfg, ws) -> str:
+    """The fp32 weights the QAT phases start from: the search step's when it trained or
+    fine-tuned them, else the user's."""
+    return str(ws.fp32_weights) if _trains_fp32(cfg) else cfg.weights
+
+
+def _trains_fp32(cfg) -> bool:
+    return not cfg.weights or cfg.fp32_finetune_epochs > 0
+
+
 def run_finetune(cfg, ws):
     from mpqc.search.driver import search_to_files
     report = search_to_files(_request(cfg, ws, ws.finetune), _settings(cfg))
@@ -225,14 +236,17 @@ def run_baselines(cfg, ws):
     """Uniform configurations trained with the search's schedule from the same fp32
     start: the other points of the Pareto plot."""
     from mpqc.search.driver import search_to_files
+    from dataclasses import replace
     budget = _read_json(ws.search)["budget_ms"]
-    weights = cfg.weights or str(ws.fp32_weights)
+    # the search's fp32 start, already fine-tuned: the baselines do not fine-tune it again
+    settings = replace(_settings(cfg), fp32_finetune_epochs=0)
     points = []
     for a, w in baseline_pairs(cfg):
         out = ws.path(f"baseline-{a}x{w}.json")
-        request = _request(cfg, ws, out, uniform=(a, w), weights=weights, budget_ms=budget,
-                           budget_ratio=None, checkpoint=out.with_name(out.name + ".ckpt"))
-        report = search_to_files(request, _settings(cfg))
+        request = _request(cfg, ws, out, uniform=(a, w), weights=_fp32_start(cfg, ws),
+                           budget_ms=budget, budget_ratio=None,
+                           checkpoint=out.with_name(out.name + ".ckpt"))
+        report = search_to_files(request, settings)
         points.append({"label": f"uniform {a}x{w}", "kind": "uniform", "a": a, "w": w,
                        "predicted": report["predicted_ms"], "accuracy": report["accuracy"]})
     _write_json(ws.baselines, {"points": points})
@@ -371,7 +385,8 @@ def run_report(cfg, ws):
 _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
                    "budget_ort_ratio",
                    "method", "gamma_max", "spend_slack", "choice", "margin", "lr", "bits",
-                   "baselines", "epochs", "finetune_epochs", "fp32_epochs", "subset", "batch_size", "seed", "threads")
+                   "baselines", "epochs", "finetune_epochs", "fp32_epochs",
+                   "fp32_finetune_epochs", "distill", "subset", "batch_size", "seed", "threads")
 
 
 def _user_files(cfg):
@@ -393,7 +408,7 @@ STEPS: list[Step] = [
     Step("fit", "fit the latency model (latency_model.json)", run_fit,
          lambda c, w: _model_files(w), lambda c, w: [w.latency_db], ("target", "seed")),
     Step("search", "train the supernet and choose the bits (search.json)", run_search,
-         lambda c, w: [w.search] + ([] if c.weights else [w.fp32_weights])
+         lambda c, w: [w.search] + ([w.fp32_weights] if _trains_fp32(c) else [])
          + ([] if c.budget_ort_ratio is None else [w.peers]),
          lambda c, w: [w.layers, w.glue, *_model_files(w)], _SEARCH_OPTIONS,
          scratch=lambda c, w: [w.search_checkpoint], files=_user_files),
@@ -403,7 +418,8 @@ STEPS: list[Step] = [
          _SEARCH_OPTIONS),
     Step("baselines", "train uniform baselines for the Pareto plot (baselines.json)",
          run_baselines, lambda c, w: [w.baselines],
-         lambda c, w: [w.search] + ([] if c.weights else [w.fp32_weights]), _SEARCH_OPTIONS,
+         lambda c, w: [w.search] + ([w.fp32_weights] if _trains_fp32(c) else []),
+         _SEARCH_OPTIONS,
          scratch=lambda c, w: [w.path(f"baseline-{a}x{b}.json.ckpt")
                                for a, b in baseline_pairs(c)]),
     Step("lower", "lower to Relax (network.relax.py, lowering.json)", run_lower,

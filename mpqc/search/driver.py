@@ -129,7 +129,8 @@ def search_to_files(request: SearchRequest, settings, world=None,
     qmodel = result.pop("model_q", None)
     if world is not None and not world.main:
         return None
-    if not request.weights:  # the fp32 start the search trained: baselines can reuse it
+    trained_fp32 = not request.weights or settings.fp32_finetune_epochs > 0
+    if trained_fp32:  # the fp32 start the search trained: baselines can reuse it
         import torch
         torch.save(model.state_dict(), fp32_weights_path(out))
     report = {"budget_ms": result["budget"], "predicted_ms": result["predicted"],
@@ -138,13 +139,15 @@ def search_to_files(request: SearchRequest, settings, world=None,
               "layers": [{"name": l["name"], "a": l["a"], "w": l["w"], "predicted_ms": l["cost"]}
                          for l in result["layers"]],
               "accuracy": result.get("accuracy"), "fp32_accuracy": result["fp32_accuracy"],
+              "fp32_pretrained_accuracy": result["fp32_pretrained_accuracy"],
+              "distill": settings.distill,
               "trajectory": result["trajectory"],
               "start_expected_cost": result["start_expected_cost"],
               "fixed_layers": result["fixed_layers"], "world_size": result["world_size"],
               "argmax": result["argmax"], "raised": result["raised"],
               "choice": result["choice"], "moves": result["moves"],
               "finetuned": qmodel is not None,
-              "fp32_weights": request.weights or str(fp32_weights_path(out))}
+              "fp32_weights": str(fp32_weights_path(out)) if trained_fp32 else request.weights}
     if qmodel is not None:
         report["checkpoint"] = str(save_quantized(
             qmodel, out.with_suffix(".pt"),

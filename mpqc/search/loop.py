@@ -39,6 +39,9 @@ class SearchSettings:
     batch_size: int = 128
     lr: float = 1e-3             # search weights and fine-tuning (Adam)
     fp32_lr: float = 1e-2        # fp32 training from scratch (Adam, cosine)
+    fp32_finetune_epochs: int = 0  # with pretrained weights: fine-tune fp32 on this data first
+    fp32_finetune_lr: float = 1e-3
+    distill: float = 0.0         # weight of the fp32 teacher's KL term in QAT (0: labels only)
     strength_lr: float = 5e-2
     lam: float = 1.0             # EBS cost weight
     mu: float = 0.01             # BP-NAS barrier weight
@@ -53,8 +56,16 @@ class SearchSettings:
     extra: dict = field(default_factory=dict)
 
     def key_fields(self) -> dict:
-        """What decides the result (a checkpoint is reused only when these agree)."""
-        return {k: v for k, v in self.__dict__.items() if k != "progress"}
+        """What decides the result (a checkpoint is reused only when these agree). The
+        fields added after checkpoints existed count only when set, so that a checkpoint
+        written before them still resumes."""
+        fields = {k: v for k, v in self.__dict__.items() if k != "progress"}
+        for name, default in (("fp32_finetune_epochs", 0), ("distill", 0.0)):
+            if fields[name] == default:
+                del fields[name]
+        if not self.fp32_finetune_epochs:
+            del fields["fp32_finetune_lr"]
+        return fields
 
 
 def _accuracy(model, dataset) -> float:
@@ -67,7 +78,26 @@ def _hits(logits, labels) -> float:
     return float((logits.argmax(1) == labels).float().mean())
 
 
-def _train_epoch(model, data, opt, desc, progress, lr: float, epoch: int, epochs: int):
+def training_loss(logits, labels, teacher=None, images=None, distill: float = 0.0):
+    """Cross-entropy with the labels; with a teacher and distill > 0, mixed with the KL
+    divergence from the teacher's output distribution (temperature 1): a low-bit network
+    learns more from the fp32 network's soft targets than from the labels alone."""
+    task = F.cross_entropy(logits, labels)
+    if teacher is None or distill <= 0:
+        return task
+    with torch.no_grad():
+        target = F.log_softmax(teacher(images), dim=1)
+    kl = F.kl_div(F.log_softmax(logits, dim=1), target, log_target=True, reduction="batchmean")
+    return (1 - distill) * task + distill * kl
+
+
+def _teacher(model, settings):
+    """The fp32 network in eval mode as the QAT phases' teacher, or None."""
+    return model.eval() if settings.distill > 0 else None
+
+
+def _train_epoch(model, data, opt, desc, progress, lr: float, epoch: int, epochs: int,
+                 teacher=None, distill: float = 0.0):
     """One epoch of plain training; the learning rate follows a cosine from `lr` to 0
     over the phase, a function of the position only, so a resumed phase continues it."""
     model.train()
@@ -78,7 +108,7 @@ def _train_epoch(model, data, opt, desc, progress, lr: float, epoch: int, epochs
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (epoch * len(data) + i) / total))
         opt.zero_grad()
         logits = model(images)
-        loss = F.cross_entropy(logits, labels)
+        loss = training_loss(logits, labels, teacher, images, distill)
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{_hits(logits, labels):.2%}")
@@ -294,6 +324,7 @@ def _baseline_epochs(model, config, calib, train, val, settings, state, ckpt, wo
     if "optim" in state:
         opt.load_state_dict(state["optim"])
     net = replicate(qmodel, world)
+    teacher = _teacher(model, settings)
     for epoch in range(state["epoch"], settings.epochs):
         set_epoch((train, val), epoch)
         qmodel.train()
@@ -301,7 +332,7 @@ def _baseline_epochs(model, config, calib, train, val, settings, state, ckpt, wo
                                         desc=f"baseline epoch {epoch + 1}", leave=False,
                                         disable=not (settings.progress and world.main)):
             opt.zero_grad()
-            F.cross_entropy(net(images), labels).backward()
+            training_loss(net(images), labels, teacher, images, settings.distill).backward()
             opt.step()
         state.update(epoch=epoch + 1, qat_state=qmodel.state_dict(), optim=opt.state_dict())
         ckpt.save(state)
@@ -355,18 +386,23 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     val = loader(splits.val, settings.batch_size, True, settings.seed + 1, world)
     progress = settings.progress and world.main
 
-    # 1. fp32 start (skipped with pretrained weights)
+    # 1. fp32 start: trained from scratch, or pretrained weights fine-tuned on this data
+    # (fp32_finetune_epochs; 0 keeps them as given); the QAT phases start from it and
+    # its test accuracy is the reference the quantized one is compared with
     if "fp32_state" in state:
         model.load_state_dict(state["fp32_state"])
     if state["phase"] == "fp32":
         net = replicate(model, world)
-        opt = torch.optim.Adam(model.parameters(), lr=settings.fp32_lr)
+        epochs = settings.fp32_finetune_epochs if pretrained else settings.fp32_epochs
+        lr = settings.fp32_finetune_lr if pretrained else settings.fp32_lr
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
         if "optim" in state:
             opt.load_state_dict(state["optim"])
-        epochs = 0 if pretrained else settings.fp32_epochs
+        if pretrained and epochs and "fp32_pretrained_accuracy" not in state:
+            state["fp32_pretrained_accuracy"] = _accuracy(model, splits.test)
         for epoch in range(state["epoch"], epochs):
             set_epoch((train,), epoch)
-            _train_epoch(net, train, opt, f"fp32 epoch {epoch + 1}", progress, settings.fp32_lr,
+            _train_epoch(net, train, opt, f"fp32 epoch {epoch + 1}/{epochs}", progress, lr,
                          epoch, epochs)
             state.update(epoch=epoch + 1, fp32_state=model.state_dict(), optim=opt.state_dict())
             ckpt.save(state)
@@ -420,6 +456,7 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     result = {"method": method, "budget": budget,
               "predicted": table.total(config), "cost_unit": table.unit, "layers": layers,
               "fp32_accuracy": state["fp32_accuracy"], "trajectory": state["history"],
+              "fp32_pretrained_accuracy": state.get("fp32_pretrained_accuracy"),
               "start_expected_cost": state.get("start_expected_cost"), "fixed_layers": kept_8bit,
               "argmax": state.get("argmax"), "choice": settings.choice, "moves": moves,
               "raised": [m for m in moves if m.get("cost_change", 0) > 0],
@@ -435,10 +472,12 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
     opt = torch.optim.Adam(qmodel.parameters(), lr=settings.lr)
     if "optim" in state:
         opt.load_state_dict(state["optim"])
+    teacher = _teacher(model, settings)
     for epoch in range(state["epoch"], settings.finetune_epochs):
         set_epoch((train,), epoch)
-        _train_epoch(net, train, opt, f"fine-tune epoch {epoch + 1}", progress, settings.lr,
-                     epoch, settings.finetune_epochs)
+        _train_epoch(net, train, opt, f"fine-tune epoch {epoch + 1}/{settings.finetune_epochs}",
+                     progress, settings.lr, epoch, settings.finetune_epochs, teacher,
+                     settings.distill)
         state.update(epoch=epoch + 1, qat_state=qmodel.state_dict(), optim=opt.state_dict())
         ckpt.save(state)
     if not replicas_agree(qmodel, world):
