@@ -5,9 +5,10 @@ import click
 
 lr_option = click.option(
     "--lr", type=float, default=1e-3, show_default=True,
-    help="Adam learning rate of the weights in the search and the fine-tuning (a "
-         "pretrained network at 1-2 bits may need 1e-4: at 1e-3 ResNet-20 with 1-bit "
-         "weights or activations collapses to a constant output).")
+    help="Adam learning rate of the weights in the search and the fine-tuning (cosine to "
+         "0). 1-bit activations may need 1e-4 (at 1e-3 ResNet-20 with them collapsed to a "
+         "constant output); with 2-bit activations 3e-3 learns faster than 1e-3 (ResNet-20 "
+         "a2w1 from fp32: 69% vs 59% test accuracy after 300 steps).")
 
 gamma_option = click.option(
     "--gamma", "gamma_max", type=float, default=0.05, show_default=True,
@@ -48,3 +49,13 @@ def margin_option(default: float):
              "budget: a compiled library measures within about 2% of its prediction, "
              "either side, and the search otherwise fills the budget to the last "
              "microsecond.")
+
+
+a_bits_option = click.option(
+    "--a-bits", default=None, metavar="BITS",
+    help="Activation candidates (default: --bits). `--a-bits 2,3,4` keeps 1-bit "
+         "activations out of the search: ResNet-20 with them trains far worse than with "
+         "1-bit weights at about the same latency.")
+
+w_bits_option = click.option(
+    "--w-bits", default=None, metavar="BITS", help="Weight candidates (default: --bits).")

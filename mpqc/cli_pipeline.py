@@ -5,8 +5,9 @@ import sys
 
 import click
 
-from mpqc.cli_options import (choice_option, distill_option, fp32_finetune_option,
-                              gamma_option, lr_option, margin_option, spend_slack_option)
+from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
+                              fp32_finetune_option, gamma_option, lr_option, margin_option,
+                              spend_slack_option, w_bits_option)
 
 from mpqc.pipeline.steps import STEP_NAMES, STEPS
 
@@ -80,6 +81,8 @@ Steps:
 @choice_option
 @margin_option(0.03)
 @click.option("--bits", default="1,2,3,4", show_default=True, help="Candidate bit-widths (a and w).")
+@a_bits_option
+@w_bits_option
 @click.option("--baseline", "baselines", multiple=True, metavar="A,W",
               help="Uniform baseline for the Pareto plot (repeatable; 'none' for none). "
                    "Default: the smallest and the largest candidate bits.")
@@ -109,7 +112,7 @@ Steps:
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
                  budget_ratio, budget_ort_ratio, workdir, from_step, until_step, method, gamma_max, lr, spend_slack,
                  choice, margin,
-                 bits, baselines, epochs, finetune_epochs, fp32_epochs, fp32_finetune_epochs,
+                 bits, a_bits, w_bits, baselines, epochs, finetune_epochs, fp32_epochs, fp32_finetune_epochs,
                  distill, subset, batch_size,
                  seed, threads, random_shapes, repeats, passes, rpc_tracker, rpc_key,
                  tuning_log, quiet):
@@ -125,7 +128,7 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
                          budget_ort_ratio=budget_ort_ratio, method=method,
                          gamma_max=gamma_max, lr=lr, spend_slack=spend_slack, choice=choice,
                          margin=margin,
-                         bits=bits, epochs=epochs, finetune_epochs=finetune_epochs,
+                         bits=bits, a_bits=a_bits, w_bits=w_bits, epochs=epochs, finetune_epochs=finetune_epochs,
                          fp32_epochs=fp32_epochs, fp32_finetune_epochs=fp32_finetune_epochs,
                          distill=distill, subset=subset, batch_size=batch_size,
                          seed=seed, threads=threads, random_shapes=random_shapes,

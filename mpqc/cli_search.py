@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from mpqc.cli_options import (choice_option, distill_option, fp32_finetune_option,
-                              gamma_option, lr_option, margin_option, spend_slack_option)
+from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
+                              fp32_finetune_option, gamma_option, lr_option, margin_option,
+                              spend_slack_option, w_bits_option)
 
 
 @click.command("search")
@@ -27,6 +28,8 @@ from mpqc.cli_options import (choice_option, distill_option, fp32_finetune_optio
               help="Budget as R x the cost of the uniform configuration at the largest bits.")
 @click.option("--method", type=click.Choice(["ebs", "bpnas"]), default="bpnas", show_default=True)
 @click.option("--bits", default="1,2,3,4", show_default=True, help="Candidate bit-widths (a and w).")
+@a_bits_option
+@w_bits_option
 @click.option("--uniform", default=None, metavar="A,W",
               help="Train a uniform baseline with the same schedule instead of searching.")
 @click.option("--train-config", type=click.Path(dir_okay=False), default=None, metavar="JSON",
@@ -56,7 +59,7 @@ from mpqc.cli_options import (choice_option, distill_option, fp32_finetune_optio
               help="Result JSON; the checkpoint (resume) and the fine-tuned model go beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
-               budget_ratio, method, bits, uniform, train_config, epochs, finetune_epochs,
+               budget_ratio, method, bits, a_bits, w_bits, uniform, train_config, epochs, finetune_epochs,
                fp32_epochs, fp32_finetune_epochs, distill, lr, lam, mu, gamma_max, clip_k,
                spend_slack, choice, margin, subset, batch_size, seed, threads, out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
@@ -104,7 +107,7 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
     request = SearchRequest(model=model_spec, data=data_spec, out=Path(out_path), weights=weights,
                             target=target_name, cost=cost, latency_model=latency_model,
                             budget_ms=budget_ms, budget_ratio=budget_ratio, bits=bits,
-                            uniform=uniform_pair, fixed_config=train_config, subset=subset,
+                            a_bits=a_bits, w_bits=w_bits, uniform=uniform_pair, fixed_config=train_config, subset=subset,
                             threads=threads)
     candidate_bits(request)  # bits outside 1..8 fail before any data is read
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 
 from mpqc.cli import main
 from mpqc.latency.records import read_db
-from mpqc.pipeline import STEP_NAMES
+from mpqc.pipeline import STEP_NAMES, PipelineConfig
 
 TINY = ["--model", "democnn", "--data", "mnist", "--subset", "512", "--bits", "1,2",
         "--epochs", "2", "--finetune-epochs", "1", "--fp32-epochs", "1",
@@ -287,3 +288,13 @@ def test_a_collapsed_network_is_a_warning():
     assert "near chance (10 classes)" in collapse_warning(0.116, 10)
     assert collapse_warning(0.89, 10) is None and collapse_warning(0.2, 10) is None
     assert collapse_warning(0.5, 1) is None
+
+
+def test_separate_activation_and_weight_candidates():
+    from mpqc.pipeline.steps import baseline_pairs, candidate_bits, search_bits
+    cfg = PipelineConfig(bits="1,2,3,4", a_bits="2,3", w_bits="1")
+    assert search_bits(cfg) == ((2, 3), (1,))
+    assert candidate_bits(cfg) == (1, 2, 3)          # measured: only what is searched
+    assert baseline_pairs(cfg) == [(2, 1), (3, 1)]   # smallest and largest of each
+    assert candidate_bits(replace(cfg, baselines=((4, 4),))) == (1, 2, 3, 4)
+    assert search_bits(PipelineConfig(bits="1,2")) == ((1, 2), (1, 2))

@@ -165,12 +165,32 @@ def test_search_cli_meets_the_budget_and_resumes(tmp_path):
     assert json.loads(out.read_text())["layers"] == result["layers"]
 
 
+def test_search_cli_separate_activation_and_weight_candidates(tmp_path):
+    out = tmp_path / "search.json"
+    result = run("search", "--model", "democnn", "--data", "mnist", "--subset", "400",
+                 "--a-bits", "2,4", "--w-bits", "1", "--budget-ratio", "0.7", "--epochs", "1",
+                 "--finetune-epochs", "0", "--fp32-epochs", "1", "--batch-size", "64",
+                 "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert {l["w"] for l in report["layers"]} == {1}
+    assert {l["a"] for l in report["layers"]} <= {2, 4}
+    # the ratio is of the uniform configuration at the largest of each: a4 w1 in BitOPs
+    from mpqc.models import build_model, describe_layers
+    layers = [l for l in describe_layers(build_model("democnn"), (1, 28, 28)) if l.quantizable]
+    a4w1 = sum(l.macs * 4 * 1 / 1e9 for l in layers)
+    assert report["budget_ms"] == pytest.approx(0.7 * a4w1)
+    assert report["predicted_ms"] <= report["budget_ms"]
+
+
 def test_search_cli_bad_inputs(tmp_path):
     base = ["search", "--model", "democnn", "--data", "mnist", "--subset", "200",
             "--out", tmp_path / "s.json", "--quiet"]
     out = run(*base, "--budget-ms", "1e-9")
     assert out.exit_code == 2 and "smallest achievable" in out.output
     out = run(*base, "--budget-ratio", "0.5", "--bits", "0,9")
+    assert out.exit_code == 2 and "outside 1..8" in out.output
+    out = run(*base, "--budget-ratio", "0.5", "--a-bits", "2,9")
     assert out.exit_code == 2 and "outside 1..8" in out.output
     out = run(*base)
     assert out.exit_code == 2 and "--budget-ms" in out.output

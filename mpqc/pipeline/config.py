@@ -22,6 +22,8 @@ class PipelineConfig:
     margin: float = 0.03        # chosen configuration under (1 - margin) x budget (predicted)
     lr: float = 1e-3            # Adam rate of the weights in search and fine-tuning
     bits: str = "1,2,3,4"
+    a_bits: str | None = None   # activation candidates of the search (default: bits)
+    w_bits: str | None = None   # weight candidates of the search (default: bits)
     epochs: int = 2
     finetune_epochs: int = 1
     fp32_epochs: int = 2

@@ -46,9 +46,16 @@ def _layers(ws: Workspace):
     return layers_from_json(_read_json(ws.layers)["layers"])
 
 
-def candidate_bits(cfg) -> tuple[int, ...]:
+def search_bits(cfg) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The search's activation and weight candidates (--a-bits / --w-bits, else --bits)."""
     from mpqc.latency.space import parse_bits
-    bits = set(parse_bits(cfg.bits))
+    return parse_bits(cfg.a_bits or cfg.bits), parse_bits(cfg.w_bits or cfg.bits)
+
+
+def candidate_bits(cfg) -> tuple[int, ...]:
+    """Every bit-width measured: the search's candidates and the baselines'."""
+    from mpqc.latency.space import parse_bits
+    bits = set().union(*search_bits(cfg))
     for pair in cfg.baselines or ():
         bits |= set(pair)
     return parse_bits(",".join(map(str, sorted(bits))))
@@ -57,8 +64,8 @@ def candidate_bits(cfg) -> tuple[int, ...]:
 def baseline_pairs(cfg) -> list[tuple[int, int]]:
     if cfg.baselines is not None:
         return [tuple(p) for p in cfg.baselines]
-    bits = candidate_bits(cfg)
-    return sorted({(min(bits), min(bits)), (max(bits), max(bits))})
+    a_set, w_set = search_bits(cfg)
+    return sorted({(min(a_set), min(w_set)), (max(a_set), max(w_set))})
 
 
 # --- import -------------------------------------------------------------------------
@@ -189,7 +196,7 @@ def _request(cfg, ws, out, **extra):
     glue = _read_json(ws.glue)
     fields = dict(model=cfg.model, data=cfg.data, out=out, weights=cfg.weights,
                   target=cfg.target, cost="latency", latency_model=str(ws.latency_model),
-                  **_budget(cfg, ws), bits=cfg.bits,
+                  **_budget(cfg, ws), bits=cfg.bits, a_bits=cfg.a_bits, w_bits=cfg.w_bits,
                   subset=cfg.subset, threads=cfg.threads, checkpoint=ws.search_checkpoint,
                   glue_ms=float(glue["glue_ms"]),
                   kernel_scale=float(glue.get("kernel_scale", 1.0)))
@@ -322,19 +329,19 @@ def _same_run_ratio(cfg, ws, rounds: int = 7) -> dict:
     from mpqc import runtime
     from mpqc.build.compile import compile_library
     from mpqc.build.network import NetworkSpec
-    from mpqc.latency.space import parse_bits
-    top = max(parse_bits(cfg.bits))   # the searched bits (baselines may add others)
+    a_top, w_top = (max(s) for s in search_bits(cfg))  # searched bits, not the baselines'
     search = _read_json(ws.search)
     spec = NetworkSpec(model=cfg.model, weights=search["fp32_weights"], data=cfg.data,
-                       config=f"uniform:{top},{top}", input_shape=tuple(cfg.input_shape or ()))
-    path = ws.path(f"reference_uniform{top}x{top}.so")
+                       config=f"uniform:{a_top},{w_top}",
+                       input_shape=tuple(cfg.input_shape or ()))
+    path = ws.path(f"reference_uniform{a_top}x{w_top}.so")
     compile_library(spec, _target(cfg), path, tuning_log=cfg.tuning_log)
     libs = [runtime.load(ws.library(cfg.model)), runtime.load(path)]
     timed = alternating_ratio(
         *[lambda lib=lib: lib.time(repeats=max(cfg.bench_repeats // rounds, 3),
                                    threads=cfg.threads).median_ms for lib in libs],
         rounds=rounds)
-    return {"reference": f"uniform {top}x{top}", "reference_library": path.name,
+    return {"reference": f"uniform {a_top}x{w_top}", "reference_library": path.name,
             "rounds": rounds, **timed, "budget_ratio": cfg.budget_ratio,
             "within_budget": timed["ratio"] <= cfg.budget_ratio}
 
@@ -385,6 +392,7 @@ def run_report(cfg, ws):
 _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ratio",
                    "budget_ort_ratio",
                    "method", "gamma_max", "spend_slack", "choice", "margin", "lr", "bits",
+                   "a_bits", "w_bits",
                    "baselines", "epochs", "finetune_epochs", "fp32_epochs",
                    "fp32_finetune_epochs", "distill", "subset", "batch_size", "seed", "threads")
 
@@ -403,7 +411,7 @@ STEPS: list[Step] = [
          files=_user_files),
     Step("measure", "time every layer at every bit pair on the target (latency.jsonl)",
          run_measure, lambda c, w: [w.latency_db, w.glue], lambda c, w: [w.layers],
-         ("target", "bits", "baselines", "threads", "repeats", "passes", "random_shapes",
+         ("target", "bits", "a_bits", "w_bits", "baselines", "threads", "repeats", "passes", "random_shapes",
           "seed", "tuning_log", "rpc_tracker", "rpc_key")),
     Step("fit", "fit the latency model (latency_model.json)", run_fit,
          lambda c, w: _model_files(w), lambda c, w: [w.latency_db], ("target", "seed")),

@@ -23,6 +23,8 @@ class SearchRequest:
     budget_ms: float | None = None
     budget_ratio: float | None = None
     bits: str = "1,2,3,4"
+    a_bits: str | None = None          # activation candidates (default: bits)
+    w_bits: str | None = None          # weight candidates (default: bits)
     uniform: tuple[int, int] | None = None
     fixed_config: str | None = None    # train this configuration (JSON file) instead
     subset: int | None = None
@@ -52,17 +54,27 @@ def _splits(data: str, subset: int | None, seed: int):
     return splits
 
 
-def candidate_bits(request: SearchRequest) -> tuple[int, ...]:
-    """The candidate bit-widths, widened by those of a uniform or fixed configuration
-    (the cost table must price it)."""
+def candidate_sets(request: SearchRequest) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The activation and weight candidates (--a-bits / --w-bits, each defaulting to
+    --bits), widened by those of a uniform or fixed configuration (the cost table must
+    price it)."""
     from mpqc.latency.space import parse_bits
-    candidates = parse_bits(request.bits)
-    extra = set(request.uniform or ())
+    a_set = set(parse_bits(request.a_bits or request.bits))
+    w_set = set(parse_bits(request.w_bits or request.bits))
+    pairs = [tuple(request.uniform)] if request.uniform else []
     if request.fixed_config:
-        extra |= {b for pair in _fixed_pairs(request.fixed_config).values() for b in pair}
-    if extra:
-        candidates = parse_bits(",".join(map(str, sorted(set(candidates) | extra))))
-    return candidates
+        pairs += list(_fixed_pairs(request.fixed_config).values())
+    for a, w in pairs:
+        a_set.add(a)
+        w_set.add(w)
+    return (parse_bits(",".join(map(str, sorted(a_set)))),
+            parse_bits(",".join(map(str, sorted(w_set)))))
+
+
+def candidate_bits(request: SearchRequest) -> tuple[int, ...]:
+    """Every candidate bit-width, activations and weights together."""
+    a_set, w_set = candidate_sets(request)
+    return tuple(sorted(set(a_set) | set(w_set)))
 
 
 def _fixed_pairs(text: str) -> dict:
@@ -74,6 +86,9 @@ def _fixed_pairs(text: str) -> dict:
 
 
 def cost_table(request: SearchRequest, layers, candidates, input_shape=None):
+    """The cost table; `candidates` is one tuple for both operands or (a_bits, w_bits)."""
+    a_set, w_set = (candidates if candidates and isinstance(candidates[0], tuple)
+                    else (candidates, candidates))
     from mpqc.search.objective import bitops_table, latency_cost_table
     cost = request.cost or ("latency" if request.latency_model else "bitops")
     if cost == "latency":
@@ -82,21 +97,21 @@ def cost_table(request: SearchRequest, layers, candidates, input_shape=None):
                               "measure` and `mpqc fit`), or use the bitops cost")
         from dataclasses import replace
         given = request.glue_ms is not None   # the caller measured the glue: not the model's
-        table = latency_cost_table(request.latency_model, layers, candidates, candidates,
+        table = latency_cost_table(request.latency_model, layers, a_set, w_set,
                                    request.threads, model_spec=None if given else request.model,
                                    input_shape=input_shape)
         return replace(table, offset=request.glue_ms,
                        cost=table.cost * request.kernel_scale) if given else table
-    return bitops_table(layers, candidates, candidates)
+    return bitops_table(layers, a_set, w_set)
 
 
-def resolve_budget(request: SearchRequest, table, candidates) -> float:
+def resolve_budget(request: SearchRequest, table) -> float:
     if (request.budget_ms is None) == (request.budget_ratio is None):
         raise ConfigError("give exactly one of a budget (ms) and a budget ratio")
     if request.budget_ratio is not None:
         if request.budget_ratio <= 0:
             raise ConfigError(f"budget ratio {request.budget_ratio} must be positive")
-        return request.budget_ratio * table.uniform(max(candidates), max(candidates))
+        return request.budget_ratio * table.uniform(max(table.a_bits), max(table.w_bits))
     return request.budget_ms
 
 
@@ -112,14 +127,14 @@ def search_to_files(request: SearchRequest, settings, world=None,
     from mpqc.targets import load_target
 
     target = load_target(request.target)
-    candidates = candidate_bits(request)
+    candidates = candidate_sets(request)
     splits = _splits(request.data, request.subset, settings.seed)
     model = build_model(request.model, num_classes=splits.num_classes)
     if request.weights:
         load_weights(model, request.weights)
     table = cost_table(request, describe_layers(model, splits.input_shape), candidates,
                        splits.input_shape)
-    budget = resolve_budget(request, table, candidates)
+    budget = resolve_budget(request, table)
     out = Path(request.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fixed = _fixed_pairs(request.fixed_config) if request.fixed_config else None
