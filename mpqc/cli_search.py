@@ -59,7 +59,8 @@ from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
               help="Result JSON; the checkpoint (resume) and the fine-tuned model go beside it.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
-               budget_ratio, method, bits, a_bits, w_bits, uniform, train_config, epochs, finetune_epochs,
+               budget_ratio, method, bits, a_bits, w_bits, uniform, train_config, epochs,
+               finetune_epochs,
                fp32_epochs, fp32_finetune_epochs, distill, lr, lam, mu, gamma_max, clip_k,
                spend_slack, choice, margin, subset, batch_size, seed, threads, out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
@@ -107,8 +108,8 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
     request = SearchRequest(model=model_spec, data=data_spec, out=Path(out_path), weights=weights,
                             target=target_name, cost=cost, latency_model=latency_model,
                             budget_ms=budget_ms, budget_ratio=budget_ratio, bits=bits,
-                            a_bits=a_bits, w_bits=w_bits, uniform=uniform_pair, fixed_config=train_config, subset=subset,
-                            threads=threads)
+                            a_bits=a_bits, w_bits=w_bits, uniform=uniform_pair,
+                            fixed_config=train_config, subset=subset, threads=threads)
     candidate_bits(request)  # bits outside 1..8 fail before any data is read
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
                               fp32_epochs=fp32_epochs, fp32_finetune_epochs=fp32_finetune_epochs,

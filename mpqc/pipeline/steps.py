@@ -48,8 +48,8 @@ def _layers(ws: Workspace):
 
 def search_bits(cfg) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The search's activation and weight candidates (--a-bits / --w-bits, else --bits)."""
-    from mpqc.latency.space import parse_bits
-    return parse_bits(cfg.a_bits or cfg.bits), parse_bits(cfg.w_bits or cfg.bits)
+    from mpqc.search.driver import bit_sets
+    return bit_sets(cfg.bits, cfg.a_bits, cfg.w_bits)
 
 
 def candidate_bits(cfg) -> tuple[int, ...]:
@@ -411,8 +411,8 @@ STEPS: list[Step] = [
          files=_user_files),
     Step("measure", "time every layer at every bit pair on the target (latency.jsonl)",
          run_measure, lambda c, w: [w.latency_db, w.glue], lambda c, w: [w.layers],
-         ("target", "bits", "a_bits", "w_bits", "baselines", "threads", "repeats", "passes", "random_shapes",
-          "seed", "tuning_log", "rpc_tracker", "rpc_key")),
+         ("target", "bits", "a_bits", "w_bits", "baselines", "threads", "repeats", "passes",
+          "random_shapes", "seed", "tuning_log", "rpc_tracker", "rpc_key")),
     Step("fit", "fit the latency model (latency_model.json)", run_fit,
          lambda c, w: _model_files(w), lambda c, w: [w.latency_db], ("target", "seed")),
     Step("search", "train the supernet and choose the bits (search.json)", run_search,

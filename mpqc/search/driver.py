@@ -54,13 +54,18 @@ def _splits(data: str, subset: int | None, seed: int):
     return splits
 
 
+def bit_sets(bits: str, a_bits: str | None, w_bits: str | None):
+    """(activation candidates, weight candidates): a_bits / w_bits, each else `bits`."""
+    from mpqc.latency.space import parse_bits
+    return parse_bits(a_bits or bits), parse_bits(w_bits or bits)
+
+
 def candidate_sets(request: SearchRequest) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The activation and weight candidates (--a-bits / --w-bits, each defaulting to
     --bits), widened by those of a uniform or fixed configuration (the cost table must
     price it)."""
     from mpqc.latency.space import parse_bits
-    a_set = set(parse_bits(request.a_bits or request.bits))
-    w_set = set(parse_bits(request.w_bits or request.bits))
+    a_set, w_set = map(set, bit_sets(request.bits, request.a_bits, request.w_bits))
     pairs = [tuple(request.uniform)] if request.uniform else []
     if request.fixed_config:
         pairs += list(_fixed_pairs(request.fixed_config).values())
