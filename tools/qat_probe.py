@@ -16,6 +16,7 @@ import torch
 
 from mpqc.data import load_dataset
 from mpqc.data.splits import subset
+from mpqc.evaluation import evaluate_accuracy
 from mpqc.models import build_model, load_weights
 from mpqc.quant.model import quantize_model
 from mpqc.search.distributed import World, loader
@@ -23,13 +24,8 @@ from mpqc.search.loop import training_loss
 
 
 def _accuracy(model, data) -> float:
-    model.eval()
-    hits = seen = 0
     with torch.no_grad():
-        for images, labels in loader(data, 500, False, 0, World()):
-            hits += int((model(images).argmax(1) == labels).sum())
-            seen += len(labels)
-    return hits / seen
+        return evaluate_accuracy(model, data).accuracy
 
 
 def main() -> None:
