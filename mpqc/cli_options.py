@@ -41,6 +41,15 @@ distill_option = click.option(
          "is (1-D) x cross-entropy + D x KL(fp32 network || quantized network). 0.5-0.9 "
          "helps at 1-2 bits; one fp32 forward pass per batch more.")
 
+finetune_from_option = click.option(
+    "--finetune-from", type=click.Choice(["supernet", "fp32"]), default="supernet",
+    show_default=True,
+    help="Where the chosen configuration's fine-tuning starts: the supernet's shared "
+         "weights and quantizer steps as the search left them, or the fp32 weights with "
+         "steps calibrated for that configuration (how the uniform baselines start). The "
+         "shared weights serve every bit-width at once; after a short search the fp32 "
+         "ones are often the better start for a long fine-tune.")
+
 
 def margin_option(default: float):
     return click.option(

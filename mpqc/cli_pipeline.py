@@ -6,7 +6,7 @@ import sys
 import click
 
 from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
-                              fp32_finetune_option, gamma_option, lr_option, margin_option,
+                              finetune_from_option, fp32_finetune_option, gamma_option, lr_option, margin_option,
                               spend_slack_option, w_bits_option)
 
 from mpqc.pipeline.steps import STEP_NAMES, STEPS
@@ -92,6 +92,7 @@ Steps:
               help="fp32 training epochs when no --weights are given.")
 @fp32_finetune_option
 @distill_option
+@finetune_from_option
 @click.option("--subset", type=int, default=None, help="Use N training images.")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -114,7 +115,7 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
                  choice, margin,
                  bits, a_bits, w_bits, baselines, epochs, finetune_epochs, fp32_epochs,
                  fp32_finetune_epochs,
-                 distill, subset, batch_size,
+                 distill, finetune_from, subset, batch_size,
                  seed, threads, random_shapes, repeats, passes, rpc_tracker, rpc_key,
                  tuning_log, quiet):
     import json
@@ -132,7 +133,7 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
                          bits=bits, a_bits=a_bits, w_bits=w_bits, epochs=epochs,
                          finetune_epochs=finetune_epochs,
                          fp32_epochs=fp32_epochs, fp32_finetune_epochs=fp32_finetune_epochs,
-                         distill=distill, subset=subset, batch_size=batch_size,
+                         distill=distill, finetune_from=finetune_from, subset=subset, batch_size=batch_size,
                          seed=seed, threads=threads, random_shapes=random_shapes,
                          repeats=repeats, passes=passes, baselines=_pairs(baselines),
                          rpc_tracker=rpc_tracker,

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
-                              fp32_finetune_option, gamma_option, lr_option, margin_option,
+                              finetune_from_option, fp32_finetune_option, gamma_option, lr_option, margin_option,
                               spend_slack_option, w_bits_option)
 
 
@@ -42,6 +42,7 @@ from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
               help="fp32 training epochs when no --weights are given.")
 @fp32_finetune_option
 @distill_option
+@finetune_from_option
 @lr_option
 @click.option("--lam", type=float, default=1.0, show_default=True, help="EBS cost weight.")
 @click.option("--mu", type=float, default=0.01, show_default=True, help="BP-NAS barrier weight.")
@@ -61,7 +62,7 @@ from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
                budget_ratio, method, bits, a_bits, w_bits, uniform, train_config, epochs,
                finetune_epochs,
-               fp32_epochs, fp32_finetune_epochs, distill, lr, lam, mu, gamma_max, clip_k,
+               fp32_epochs, fp32_finetune_epochs, distill, finetune_from, lr, lam, mu, gamma_max, clip_k,
                spend_slack, choice, margin, subset, batch_size, seed, threads, out_path, quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
@@ -113,7 +114,8 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
     candidate_bits(request)  # bits outside 1..8 fail before any data is read
     settings = SearchSettings(method=method, epochs=epochs, finetune_epochs=finetune_epochs,
                               fp32_epochs=fp32_epochs, fp32_finetune_epochs=fp32_finetune_epochs,
-                              distill=distill, batch_size=batch_size, lr=lr, lam=lam, mu=mu,
+                              distill=distill, finetune_from=finetune_from,
+                              batch_size=batch_size, lr=lr, lam=lam, mu=mu,
                               gamma_max=gamma_max, clip_k=clip_k or None,
                               spend_slack=spend_slack, choice=choice, margin=margin, seed=seed,
                               progress=not quiet)

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from mpqc.cli import main
 from mpqc.data import load_dataset, subset
+from mpqc.errors import ConfigError
 from mpqc.models import build_model, describe_layers
 from mpqc.search import bitops_table
 from mpqc.search.loop import SearchSettings, run_search, training_loss
@@ -107,3 +108,27 @@ def test_search_cli_writes_the_fine_tuned_fp32_start(tmp_path):
     assert 0 <= report["fp32_pretrained_accuracy"] <= 1
     bad = CliRunner().invoke(main, args[:-3] + ["--distill", "1.5", "--out", str(out)])
     assert bad.exit_code == 2 and "--distill" in bad.output
+
+
+def test_fine_tuning_starts_from_the_fp32_weights_when_asked(tiny_mnist, tmp_path):
+    """finetune_from="fp32": the chosen configuration's QAT starts from the fp32 weights
+    (steps calibrated anew), not from the supernet's shared weights the search trained."""
+    starts = {}
+    for start in ("supernet", "fp32"):
+        torch.manual_seed(0)
+        model = build_model("democnn")
+        table = bitops_table(describe_layers(model, tiny_mnist.input_shape), (2, 4), (2, 4))
+        settings = SearchSettings(**{**SETTINGS, "finetune_epochs": 0, "finetune_from": start})
+        result = run_search(model, tiny_mnist, table, table.uniform(4, 4), settings,
+                            tmp_path / f"{start}.ckpt", pretrained=True)
+        starts[start] = (model, result["model_q"], table.names)
+    for start, (model, qmodel, names) in starts.items():
+        same = [torch.equal(qmodel.get_submodule(n).weight, model.get_submodule(n).weight)
+                for n in names]
+        # the supernet's weights moved during the search epoch; the fp32 ones did not
+        assert all(same) if start == "fp32" else not any(same), start
+    assert "finetune_from" not in SearchSettings(**SETTINGS).key_fields()
+    assert SearchSettings(**SETTINGS, finetune_from="fp32").key_fields()["finetune_from"] == "fp32"
+    with pytest.raises(ConfigError, match="finetune_from"):
+        run_search(build_model("democnn"), tiny_mnist, table, table.uniform(4, 4),
+                   SearchSettings(**SETTINGS, finetune_from="scratch"), tmp_path / "x.ckpt")

@@ -29,6 +29,7 @@ class PipelineConfig:
     fp32_epochs: int = 2
     fp32_finetune_epochs: int = 0   # with --weights: fp32 fine-tuning on this data first
     distill: float = 0.0        # fp32 teacher's weight in the QAT loss
+    finetune_from: str = "supernet"  # the chosen config's QAT start: "supernet" or "fp32"
     subset: int | None = None
     batch_size: int = 128
     seed: int = 0

@@ -152,6 +152,7 @@ def _settings(cfg):
     return SearchSettings(method=cfg.method, epochs=cfg.epochs,
                           finetune_epochs=cfg.finetune_epochs, fp32_epochs=cfg.fp32_epochs,
                           fp32_finetune_epochs=cfg.fp32_finetune_epochs, distill=cfg.distill,
+                          finetune_from=cfg.finetune_from,
                           batch_size=cfg.batch_size, gamma_max=cfg.gamma_max,
                           spend_slack=cfg.spend_slack, choice=cfg.choice, margin=cfg.margin,
                           lr=cfg.lr,
@@ -394,7 +395,7 @@ _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ra
                    "method", "gamma_max", "spend_slack", "choice", "margin", "lr", "bits",
                    "a_bits", "w_bits",
                    "baselines", "epochs", "finetune_epochs", "fp32_epochs",
-                   "fp32_finetune_epochs", "distill", "subset", "batch_size", "seed", "threads")
+                   "fp32_finetune_epochs", "distill", "finetune_from", "subset", "batch_size", "seed", "threads")
 
 
 def _user_files(cfg):

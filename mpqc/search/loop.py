@@ -28,6 +28,7 @@ from mpqc.supernet import is_mixed, make_supernet
 
 METHODS = ("ebs", "bpnas")
 CHOICES = ("loss", "strengths")
+FINETUNE_STARTS = ("supernet", "fp32")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class SearchSettings:
     fp32_finetune_epochs: int = 0  # with pretrained weights: fine-tune fp32 on this data first
     fp32_finetune_lr: float = 1e-3
     distill: float = 0.0         # weight of the fp32 teacher's KL term in QAT (0: labels only)
+    finetune_from: str = "supernet"  # the chosen config's QAT start: "supernet" or "fp32"
     strength_lr: float = 5e-2
     lam: float = 1.0             # EBS cost weight
     mu: float = 0.01             # BP-NAS barrier weight
@@ -60,7 +62,8 @@ class SearchSettings:
         fields added after checkpoints existed count only when set, so that a checkpoint
         written before them still resumes."""
         fields = {k: v for k, v in self.__dict__.items() if k != "progress"}
-        for name, default in (("fp32_finetune_epochs", 0), ("distill", 0.0)):
+        for name, default in (("fp32_finetune_epochs", 0), ("distill", 0.0),
+                              ("finetune_from", "supernet")):
             if fields[name] == default:
                 del fields[name]
         if not self.fp32_finetune_epochs:
@@ -369,6 +372,9 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
         raise ConfigError(f"method {settings.method!r} is not one of {METHODS}")
     if settings.choice not in CHOICES:
         raise ConfigError(f"choice {settings.choice!r} is not one of {CHOICES}")
+    if settings.finetune_from not in FINETUNE_STARTS:
+        raise ConfigError(f"finetune_from {settings.finetune_from!r} is not one of "
+                          f"{FINETUNE_STARTS}")
     table.check_reachable(budget)
     if uniform is not None and fixed is not None:
         raise ConfigError("give a uniform pair or a fixed configuration, not both")
@@ -431,7 +437,13 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
             target = max(budget * (1 - settings.margin), table.minimum())
             config, moves = _choose(supernet, mixed, argmax, table, target, splits.val,
                                     settings, progress)
-            qmodel = _quantized_from_supernet(model, supernet, config, shape)
+            if settings.finetune_from == "fp32":
+                # the fp32 weights (the search's shared ones trained at many bit-widths
+                # at once) with steps calibrated for this configuration, as a baseline
+                from mpqc.quant.model import quantize_model
+                qmodel = quantize_model(model.eval(), config, calib=calib)
+            else:
+                qmodel = _quantized_from_supernet(model, supernet, config, shape)
             state.update(phase="finetune", epoch=0, config={n: list(v) for n, v in config.items()},
                          argmax={n: list(v) for n, v in argmax.items()}, moves=moves,
                          qat_state=qmodel.state_dict())
