@@ -147,9 +147,14 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
                    "under equal training.")
 @click.option("--method", type=click.Choice(["ebs", "bpnas"]), default="bpnas", show_default=True)
 @click.option("--bits", default="1,2,3,4", show_default=True)
+@a_bits_option
+@w_bits_option
 @click.option("--epochs", default=2, show_default=True)
 @click.option("--finetune-epochs", default=1, show_default=True)
 @click.option("--fp32-epochs", default=2, show_default=True)
+@fp32_finetune_option
+@distill_option
+@finetune_from_option
 @lr_option
 @click.option("--subset", type=int, default=None)
 @click.option("--batch-size", default=128, show_default=True)
@@ -158,8 +163,9 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
               help="One search JSON per run, sweep.json and pareto.png go here.")
 @click.pass_context
 def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, budget_ratios,
-              uniform_pairs, retrain, method, bits, epochs, finetune_epochs, fp32_epochs, lr,
-              subset, batch_size, seed, out_dir):
+              uniform_pairs, retrain, method, bits, a_bits, w_bits, epochs, finetune_epochs,
+              fp32_epochs, fp32_finetune_epochs, distill, finetune_from, lr, subset, batch_size,
+              seed, out_dir):
     """Search at several budgets and train uniform baselines; draw the Pareto plot.
 
     Every run is an `mpqc search` with its own JSON (and checkpoint, so a killed sweep
@@ -176,8 +182,10 @@ def sweep_cmd(ctx, model_spec, weights, data_spec, target_name, latency_model, b
     out = Path(out_dir)
     common = dict(model_spec=model_spec, weights=weights, data_spec=data_spec,
                   target_name=target_name, cost=None, latency_model=latency_model,
-                  budget_ms=None, method=method, bits=bits, epochs=epochs,
-                  finetune_epochs=finetune_epochs, fp32_epochs=fp32_epochs, lr=lr, subset=subset,
+                  budget_ms=None, method=method, bits=bits, a_bits=a_bits, w_bits=w_bits,
+                  epochs=epochs, finetune_epochs=finetune_epochs, fp32_epochs=fp32_epochs,
+                  fp32_finetune_epochs=fp32_finetune_epochs, distill=distill,
+                  finetune_from=finetune_from, lr=lr, subset=subset,
                   batch_size=batch_size, seed=seed, threads=1, quiet=True)  # others: defaults
     runs = []
     for r in ratios:

@@ -265,6 +265,7 @@ def test_pareto_front():
 def test_sweep_writes_points_and_the_pareto_plot(tmp_path):
     out = run("sweep", "--model", "democnn", "--data", "mnist", "--subset", "300",
               "--budget-ratios", "0.4", "--uniform", "2,2", "--epochs", "1",
+              "--a-bits", "2,3", "--w-bits", "1,2",
               "--batch-size", "64", "--retrain", "--out-dir", tmp_path)
     assert out.exit_code == 0, out.output
     sweep = json.loads((tmp_path / "sweep.json").read_text())
@@ -277,6 +278,8 @@ def test_sweep_writes_points_and_the_pareto_plot(tmp_path):
     pairs = [[(l["a"], l["w"]) for l in json.loads((tmp_path / f).read_text())["layers"]]
              for f in (searched["file"], retrained["file"])]
     assert pairs[0] == pairs[1]
+    # the sweep passes the separate activation and weight candidates to every search
+    assert {a for a, _ in pairs[0]} <= {2, 3} and {w for _, w in pairs[0]} <= {1, 2}
     assert json.loads((tmp_path / retrained["file"]).read_text())["method"] == "fixed"
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "uniform-2x2.json").read_text())["layers"][0]["a"] == 2
