@@ -263,6 +263,6 @@ def test_a_search_request_takes_the_glue_from_the_latency_model(model_file, tmp_
     layers = describe_layers(build_model("democnn"), SHAPE)
     request = SearchRequest(model="democnn", data="mnist", out=tmp_path / "s.json",
                             latency_model=str(model_file))
-    assert cost_table(request, layers, (1, 2), SHAPE).offset == pytest.approx(0.05)
-    assert cost_table(replace(request, glue_ms=0.3), layers, (1, 2), SHAPE).offset == 0.3
-    assert cost_table(replace(request, cost="bitops"), layers, (1, 2), SHAPE).offset == 0.0
+    assert cost_table(request, layers, (1, 2), (1, 2), SHAPE).offset == pytest.approx(0.05)
+    assert cost_table(replace(request, glue_ms=0.3), layers, (1, 2), (1, 2), SHAPE).offset == 0.3
+    assert cost_table(replace(request, cost="bitops"), layers, (1, 2), (1, 2), SHAPE).offset == 0.0

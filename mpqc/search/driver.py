@@ -90,10 +90,8 @@ def _fixed_pairs(text: str) -> dict:
     return config_file_pairs(text)
 
 
-def cost_table(request: SearchRequest, layers, candidates, input_shape=None):
-    """The cost table; `candidates` is one tuple for both operands or (a_bits, w_bits)."""
-    a_set, w_set = (candidates if candidates and isinstance(candidates[0], tuple)
-                    else (candidates, candidates))
+def cost_table(request: SearchRequest, layers, a_set, w_set, input_shape=None):
+    """The cost table of `layers` at the activation and weight candidates."""
     from mpqc.search.objective import bitops_table, latency_cost_table
     cost = request.cost or ("latency" if request.latency_model else "bitops")
     if cost == "latency":
@@ -137,7 +135,7 @@ def search_to_files(request: SearchRequest, settings, world=None,
     model = build_model(request.model, num_classes=splits.num_classes)
     if request.weights:
         load_weights(model, request.weights)
-    table = cost_table(request, describe_layers(model, splits.input_shape), candidates,
+    table = cost_table(request, describe_layers(model, splits.input_shape), *candidates,
                        splits.input_shape)
     budget = resolve_budget(request, table)
     out = Path(request.out)
