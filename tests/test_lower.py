@@ -116,6 +116,6 @@ def test_rebuilt_reference_has_the_same_steps(monkeypatch):
     from mpqc.build import network
     monkeypatch.setattr(network, "RANDOM_CALIBRATION", 70)
     spec = NetworkSpec(model="resnet20", config="uniform:2,2", calibration=70)
-    steps = [[float(m.a_step) for m in build_quantized_model(spec)[0].modules()
+    steps = [[float(m.a_step.detach()) for m in build_quantized_model(spec)[0].modules()
               if hasattr(m, "a_step")] for _ in range(2)]
     assert steps[0] == steps[1]
