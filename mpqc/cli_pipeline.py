@@ -6,8 +6,8 @@ import sys
 import click
 
 from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
-                              finetune_from_option, fp32_finetune_option, gamma_option, lr_option, margin_option,
-                              spend_slack_option, w_bits_option)
+                              finetune_from_option, fp32_finetune_option, gamma_option,
+                              lr_option, margin_option, spend_slack_option, w_bits_option)
 
 from mpqc.pipeline.steps import STEP_NAMES, STEPS
 
@@ -133,7 +133,8 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
                          bits=bits, a_bits=a_bits, w_bits=w_bits, epochs=epochs,
                          finetune_epochs=finetune_epochs,
                          fp32_epochs=fp32_epochs, fp32_finetune_epochs=fp32_finetune_epochs,
-                         distill=distill, finetune_from=finetune_from, subset=subset, batch_size=batch_size,
+                         distill=distill, finetune_from=finetune_from, subset=subset,
+                         batch_size=batch_size,
                          seed=seed, threads=threads, random_shapes=random_shapes,
                          repeats=repeats, passes=passes, baselines=_pairs(baselines),
                          rpc_tracker=rpc_tracker,

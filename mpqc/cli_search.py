@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
-                              finetune_from_option, fp32_finetune_option, gamma_option, lr_option, margin_option,
-                              spend_slack_option, w_bits_option)
+                              finetune_from_option, fp32_finetune_option, gamma_option,
+                              lr_option, margin_option, spend_slack_option, w_bits_option)
 
 
 @click.command("search")
@@ -62,8 +62,9 @@ from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
 def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model, budget_ms,
                budget_ratio, method, bits, a_bits, w_bits, uniform, train_config, epochs,
                finetune_epochs,
-               fp32_epochs, fp32_finetune_epochs, distill, finetune_from, lr, lam, mu, gamma_max, clip_k,
-               spend_slack, choice, margin, subset, batch_size, seed, threads, out_path, quiet):
+               fp32_epochs, fp32_finetune_epochs, distill, finetune_from, lr, lam, mu, gamma_max,
+               clip_k, spend_slack, choice, margin, subset, batch_size, seed, threads, out_path,
+               quiet):
     """Search a bit-width pair per layer under a latency budget, then fine-tune it.
 
     Alternates weight steps (train split) and strength steps (validation split) of an

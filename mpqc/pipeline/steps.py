@@ -395,7 +395,8 @@ _SEARCH_OPTIONS = ("model", "weights", "data", "target", "budget_ms", "budget_ra
                    "method", "gamma_max", "spend_slack", "choice", "margin", "lr", "bits",
                    "a_bits", "w_bits",
                    "baselines", "epochs", "finetune_epochs", "fp32_epochs",
-                   "fp32_finetune_epochs", "distill", "finetune_from", "subset", "batch_size", "seed", "threads")
+                   "fp32_finetune_epochs", "distill", "finetune_from", "subset", "batch_size",
+                   "seed", "threads")
 
 
 def _user_files(cfg):

@@ -438,8 +438,8 @@ def run_search(model, splits, table: CostTable, budget: float, settings: SearchS
             config, moves = _choose(supernet, mixed, argmax, table, target, splits.val,
                                     settings, progress)
             if settings.finetune_from == "fp32":
-                # the fp32 weights (the search's shared ones trained at many bit-widths
-                # at once) with steps calibrated for this configuration, as a baseline
+                # the fp32 weights with steps calibrated for this configuration (as a
+                # baseline starts), not the shared ones trained for every bit-width at once
                 from mpqc.quant.model import quantize_model
                 qmodel = quantize_model(model.eval(), config, calib=calib)
             else:
