@@ -30,6 +30,9 @@ def _round_ste(x: torch.Tensor) -> torch.Tensor:
 def fake_quant_weight(w: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
     """weight_codes(w, step, bits) * step, with LSQ gradients."""
     if bits == 1:
+        # straight-through only for |w| < step, as for the other widths: letting every
+        # weight through (v = w / s) also makes the step's gradient sign(w) - w/s for
+        # the large weights, and ResNet-20's QAT then trained far worse (docs/BENCHMARKS.md)
         s = _grad_scale(step, 1.0 / math.sqrt(w.numel()))
         v = torch.clamp(w / s, -1, 1)
         return ((weight_codes(w, step, 1) - v).detach() + v) * s
