@@ -44,8 +44,17 @@ def test_resnet20_program_passes_block_input_codes_as_residual(target):
     convs = {op.name: op for op in program.ops if op.kind == "conv"}
     second = convs["layer1.0.conv2"]
     assert second.params["spec"].epilogue.residual
-    # the residual is the very codes layer1.0.conv1 reads
-    assert second.inputs[1] == convs["layer1.0.conv1"].inputs[0]
+    # the residual is the residual stream's 8-bit codes; layer1.0.conv1 reads them
+    # requantized to its 1 bit by a 32-bit recode op
+    stream = program.values[second.inputs[1]]
+    assert (stream.kind, stream.dtype, stream.bits) == ("codes", "uint8", 8)
+    producers = {op.output: op for op in program.ops}
+    recode = producers[convs["layer1.0.conv1"].inputs[0]]
+    assert recode.kind == "requant" and recode.inputs == [second.inputs[1]]
+    assert recode.params["int32"] and recode.params["out_bits"] == 1
+    # the block's own output is the next stream: layer1.0.conv2 writes 8-bit codes
+    assert second.params["spec"].epilogue.out_bits == 8
+    assert producers[convs["layer1.1.conv2"].inputs[1]] is second
     shortcuts = [op for op in program.ops if op.kind == "shortcut"]
     assert [op.name for op in shortcuts] == ["layer2.0.shortcut", "layer3.0.shortcut"]
     assert convs["layer2.0.conv2"].inputs[1] == shortcuts[0].output

@@ -58,8 +58,31 @@ def test_quantize_resnet20_first_last_8bit_and_shared_shortcut_input():
     assert isinstance(q.linear, QuantLinear) and q.linear.w_bits == 8
     config = quant_config(q)
     assert len(config) == 18 and set(config.values()) == {(2, 3)}
-    # the block input reaches the shortcut as the codes conv1 reads
+    # the block input reaches the shortcut as the residual stream's 8-bit codes, and
+    # conv1 reads the same codes (which it requantizes to its own 2 bits)
     block = q.layer2[0]
+    assert block.shortcut.residual_bits == 8
+    seen = {}
+    block.register_forward_pre_hook(lambda m, args: seen.update(raw=args[0]))
+    block.shortcut.register_forward_hook(lambda m, args, out: seen.update(shortcut_in=args[0]))
+    block.conv1.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))
+    with torch.no_grad():
+        q(calib[:2])
+    step = block.shortcut.residual_step
+    expected = act_codes(seen["raw"], step, 8) * step
+    torch.testing.assert_close(seen["shortcut_in"], expected)
+    torch.testing.assert_close(seen["x"], expected)
+    assert not torch.equal(seen["shortcut_in"], seen["raw"])
+    assert "layer2.0.shortcut.residual_step" in q.state_dict()
+
+
+def test_shortcut_at_the_readers_codes_without_residual_bits():
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    calib = torch.randn(8, 3, 32, 32)
+    q = quantize_model(model, (2, 3), calib=calib, residual_bits=None)
+    block = q.layer2[0]
+    assert not hasattr(block.shortcut, "residual_step")
     seen = {}
     block.shortcut.register_forward_hook(lambda m, args, out: seen.update(shortcut_in=args[0]))
     block.conv1.register_forward_pre_hook(lambda m, args: seen.update(x=args[0]))

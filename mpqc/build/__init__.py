@@ -6,4 +6,5 @@
 # 3: int32 requantization also for layers with a near-dead channel (schedules/requant.py).
 # 4: the input quantizer inside the first conv, the pooling as a scheduled prim func.
 # 5: small kernel buffers on the stack (schedules/tir_pipeline.py).
-LIBRARY_FORMAT = 5
+# 6: shortcuts carry 8-bit codes of their own, requantized for the layer reading them.
+LIBRARY_FORMAT = 6

@@ -11,14 +11,16 @@ from mpqc.errors import BuildError
 
 MAX_SHIFT = 40
 INT64_HEADROOM = 1 << 62
+INT32_HEADROOM = 1 << 30
 
 
-def _pick_shift(worst, what: str) -> int:
-    """Largest shift <= MAX_SHIFT for which worst(2^shift) stays below 2^62."""
+def _pick_shift(worst, what: str, headroom: int = INT64_HEADROOM) -> int:
+    """Largest shift <= MAX_SHIFT for which worst(2^shift) stays below `headroom`."""
     for shift in range(MAX_SHIFT, 0, -1):
-        if worst(float(2 ** shift)) < INT64_HEADROOM:
+        if worst(float(2 ** shift)) < headroom:
             return shift
-    raise BuildError(f"{what}: requantization scale too large for 64-bit fixed point")
+    bits = "32" if headroom <= INT32_HEADROOM else "64"
+    raise BuildError(f"{what}: requantization scale too large for {bits}-bit fixed point")
 
 
 def _fixed(values, shift: int) -> np.ndarray:
@@ -39,6 +41,22 @@ def requant_constants(scale, offset, res_scale, bound: int, what: str) -> dict:
     if res_scale is not None:
         out["res_mul"] = _fixed(res, shift)
     return out
+
+
+def recode_constants(scale, offset, what: str) -> dict | None:
+    """requant_constants for uint8 codes without a residual, with every term inside int32
+    (255 * |mul| + |add| < 2^30, so the kernel's lanes are 32-bit), or None where the
+    scale is too large for that."""
+    scale, offset = np.asarray(scale, np.float64), np.asarray(offset, np.float64) + 0.5
+    peak = 255 * np.abs(scale).max() + np.abs(offset).max()
+    try:
+        shift = _pick_shift(lambda f: peak * f * 1.01 + 2, what, INT32_HEADROOM)
+    except BuildError:
+        return None
+    if shift < 8:   # fewer bits than that would round visibly differently from float
+        return None
+    return {"mul": _fixed(scale, shift), "add": _fixed(offset, shift), "shift": shift,
+            "int32": True}
 
 
 def pool_constants(scale, offset, res_scale, bound: int, pixels: int, step: float,

@@ -8,7 +8,9 @@ bit-packed once, as constants. The glue is Relax ops that the default pipeline f
   `main`, an 8-bit convolution followed only by its requantization is one scheduled
   prim func (schedules/direct.py), which the default pipeline would leave unscheduled;
 - requantization and pooling compute in int64 (integer, so exact by construction); the
-  pooling with its quantizer is one scheduled prim func (schedules/pool.py);
+  pooling with its quantizer is one scheduled prim func (schedules/pool.py), and so is
+  the requantization of a shortcut's codes for the layer reading them, in int32
+  (schedules/recode.py);
 - option-A shortcuts are a strided slice and a channel pad of uint8 codes;
 - the logits are float32.
 All activations are NHWC. `main` returns the logits; `debug` returns every op's output
@@ -26,6 +28,7 @@ from mpqc.schedules.build import (conv_prim_func, pack_input_prim_func, packed_i
                                    packed_weights)
 from mpqc.schedules.direct import DirectConv, direct_conv_prim_func
 from mpqc.schedules.pool import PoolRequant, pool_requant_prim_func
+from mpqc.schedules.recode import Recode, recode_prim_func
 
 OPAQUE = 8  # op_pattern: passes must not fuse into the bit-serial kernels
 
@@ -228,9 +231,24 @@ class Emitter:
         return relax.op.astype(q, "uint8")
 
     def _requant(self, op: Op, env):
+        if op.params.get("int32"):
+            return self._recode(op, env)
         t = self._affine_int64(op, env)
         q = relax.op.right_shift(t, _scalar(op.params["shift"], "int64"))
         return self._clamp_codes(q, op.params["out_bits"])
+
+    def _recode(self, op: Op, env):
+        p = op.params
+        shape = self.program.values[op.inputs[0]].shape
+        recode = Recode(tuple(shape), int(p["shift"]), int(p["out_bits"]))
+        safe = op.name.replace(".", "_")
+        func = self._prim(f"recode_{safe}", lambda: recode_prim_func(
+            recode, max(self.float_lanes, 4), f"recode_{safe}"))
+        c = shape[-1]
+        mul = np.broadcast_to(np.asarray(p["mul"], np.int64), (c,))
+        add = np.broadcast_to(np.asarray(p["add"], np.int64), (c,))
+        return relax.call_tir(func, [env[op.inputs[0]], _const(mul, "int32"),
+                                     _const(add, "int32")], _ty(shape, "uint8"))
 
     def _pool_requant(self, op: Op, env):
         """One scheduled prim func (schedules/pool.py): the default pipeline leaves an NHWC

@@ -7,8 +7,10 @@ channel), while BatchNorm, ReLU and residual adds fold into it; it becomes integ
 only where a consumer needs them:
 - the next quantized layer needs codes at its own step and bit-width: the requantization
   is fused into the bit-serial kernel's epilogue (or done by integer glue);
-- a residual add or an option-A shortcut needs the codes of the layer that reads the
-  same tensor (the fake-quant model's shortcut sees that layer's quantized input);
+- a residual add or an option-A shortcut needs the residual stream's codes, at the step
+  and bits of the quantizer its shortcut module holds (`residual_step`, mpqc.quant.model);
+  a quantized layer reading the same tensor requantizes those codes to its own (a glue
+  op). Without such a quantizer they are the codes of the layer reading the tensor;
 - global average pooling feeding a quantized layer is done in integers (pool_requant);
 - the model output is float32 (to_float).
 Anything else fails with a BuildError that names the op and the layer.
@@ -209,6 +211,9 @@ class Lowering:
         if isinstance(x, FloatInput):
             codes = self._quantize_input(x, a_step, a_bits, signed, name)
         else:
+            stream = self._residual_quantizer(x, node)
+            if stream is not None:
+                x = self._codes_affine(self._materialize(x, *stream, node), x.source)
             codes = self._materialize(x, a_step, a_bits, node, signed=signed)
         value = self.prog.values[codes]
         linear = isinstance(module, nn.Linear)
@@ -315,7 +320,29 @@ class Lowering:
         step, bits = self._sibling_quantizer(x, node)
         return self._materialize(x, step, bits, node)
 
+    def _residual_quantizer(self, x, node) -> tuple[float, int] | None:
+        """(step, bits) of the residual stream's quantizer on a module reading x, if any."""
+        if not isinstance(x, Affine):
+            return None
+        found = {(float(as_channel_vector(m.residual_step, 1, "residual_step")[0]),
+                  int(m.residual_bits))
+                 for m in (self.modules[u.target] for u in x.source.users
+                           if u.op == "call_module") if hasattr(m, "residual_step")}
+        if len(found) > 1:
+            raise self._unsupported(node, "its input is read by shortcuts with different "
+                                    "residual quantizers")
+        return found.pop() if found else None
+
+    def _codes_affine(self, codes: int, source: fx.Node) -> Affine:
+        value = self.prog.values[codes]
+        channels = value.shape[-1]
+        return Affine(codes, np.full(channels, value.step), np.zeros(channels),
+                      (1 << value.bits) - 1, source)
+
     def _sibling_quantizer(self, x: Affine, node) -> tuple[float, int]:
+        stream = self._residual_quantizer(x, node)
+        if stream is not None:
+            return stream
         readers = {(float(as_channel_vector(m.a_step, 1, "a_step")[0]), int(m.a_bits))
                    for m in (self.modules[u.target] for u in x.source.users
                              if u.op == "call_module" and is_quant_layer(self.modules[u.target]))}
@@ -415,8 +442,13 @@ class Lowering:
         self._close(x, node)
         base = self.prog.values[x.base]
         res = None if x.residual is None else x.res_scale / step
-        consts = fixed_point.requant_constants(x.scale / step, x.offset / step, res, x.bound,
-                                               f"requantization after {base.producer!r}")
+        what = f"requantization after {base.producer!r}"
+        consts = None
+        if base.kind == "codes" and base.dtype == "uint8" and res is None:
+            consts = fixed_point.recode_constants(x.scale / step, x.offset / step, what)
+        if consts is None:
+            consts = fixed_point.requant_constants(x.scale / step, x.offset / step, res,
+                                                   x.bound, what)
         out = self.prog.new_value("codes", base.shape, "uint8", f"{base.producer}.requant",
                                   step=step, bits=bits)
         inputs = [x.base] + ([x.residual] if x.residual is not None else [])

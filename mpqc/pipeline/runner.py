@@ -53,6 +53,8 @@ def _sha256(path: Path) -> str:
 # SCHEDULE_VERSION or LIBRARY_FORMAT redoes them
 # (and, through their artifacts, every step after them)
 KERNEL_STEPS = ("measure", "lower", "build")
+# steps whose artifacts are fake-quant models: a new mpqc.quant.model.FORMAT redoes them
+QUANT_STEPS = ("search", "finetune")
 
 
 def inputs_hash(step: Step, cfg: PipelineConfig, ws: Workspace) -> str:
@@ -62,6 +64,9 @@ def inputs_hash(step: Step, cfg: PipelineConfig, ws: Workspace) -> str:
         from mpqc.build import LIBRARY_FORMAT
         from mpqc.schedules import SCHEDULE_VERSION
         parts["schedules"], parts["library"] = SCHEDULE_VERSION, LIBRARY_FORMAT
+    if step.name in QUANT_STEPS:
+        from mpqc.quant.model import FORMAT
+        parts["quantized"] = FORMAT
     for path in step.reads(cfg, ws):
         if not path.is_file():
             raise ConfigError(f"step {step.name} needs {path.name}, which an earlier step "

@@ -8,10 +8,14 @@ layers the bit-serial kernels cannot run stay float and are listed by
 
 Shared inputs. The deployed library passes integer codes between layers, so where a
 tensor feeds a quantized layer and something else (a ResNet block input feeds conv1 and
-the shortcut), the something else sees the codes too. The fake-quant model does the
-same: a forward pre-hook on each such module quantizes its input with the quantizer of
-the layer reading the same tensor. Without it, fine-tuning would optimise a model that
-the library does not compute.
+the shortcut), the something else sees codes too. Those are the residual stream's own
+codes: `residual_bits` (8 by default) with a step of their own, held by the shortcut
+module as `residual_step`; the quantized layer requantizes them to its own bits. A
+shortcut at the convolution's 1-2 bits instead throws away most of what the block adds:
+ResNet-20 at a2w1 collapsed to chance where the 8-bit residual stream trains to ~70% in
+the same 200 steps (docs/BENCHMARKS.md). With `residual_bits=None` the shortcut sees the
+codes of the layer reading the same tensor. Forward pre-hooks do both; without them,
+fine-tuning would optimise a model that the library does not compute.
 """
 from __future__ import annotations
 
@@ -24,10 +28,12 @@ import torch
 from torch import nn
 
 from mpqc.errors import ConfigError, ModelError, first_line
-from mpqc.quant.layers import QuantConv2d, QuantLinear, init_act_step
+from mpqc.quant.codes import act_range
+from mpqc.quant.layers import QuantConv2d, QuantLinear, fake_quant_act, init_act_step
 from mpqc.schedules.spec import check_bits, check_config
 
-FORMAT = "mpqc-quantized/1"
+FORMAT = "mpqc-quantized/2"
+RESIDUAL_BITS = 8
 
 
 def _layers(model: nn.Module, input_shape):
@@ -55,6 +61,20 @@ class SharedInputQuant:
         return (self.layer.quantized_input(args[0]), *args[1:])
 
 
+class ResidualQuant:
+    """Forward pre-hook: the residual stream's codes, with the quantizer `owner` holds."""
+
+    def __init__(self, owner: nn.Module):
+        self.owner = owner
+
+    def __call__(self, module, args):
+        return (residual_codes(self.owner, args[0]), *args[1:])
+
+
+def residual_codes(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return fake_quant_act(x, owner.residual_step, owner.residual_bits)
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
@@ -74,9 +94,15 @@ def _capture_inputs(model: nn.Module, names: list[str], batch: torch.Tensor) -> 
     return seen
 
 
-def install_shared_input_hooks(model: nn.Module, input_shape) -> None:
+def install_shared_input_hooks(model: nn.Module, input_shape,
+                               residual_bits: int | None = RESIDUAL_BITS,
+                               calib: torch.Tensor | None = None) -> None:
     """Every module reading the input of a layer with `quantized_input` (fake-quant or
-    supernet layers) gets that layer's quantized input."""
+    supernet layers) gets codes: the residual stream's own (`residual_bits`, a step
+    `residual_step` registered on that module, calibrated on `calib` when given), which
+    the layer then requantizes; or, with residual_bits None, the layer's own codes."""
+    if residual_bits is not None:
+        act_range(residual_bits)            # validates
     quant = {n: m for n, m in model.named_modules() if hasattr(m, "quantized_input")}
     leaves = [n for n, m in model.named_modules() if n and not any(m.children())]
     example = torch.zeros((1, *input_shape), dtype=next(model.parameters()).dtype)
@@ -87,23 +113,41 @@ def install_shared_input_hooks(model: nn.Module, input_shape) -> None:
     finally:
         model.train(was_training)
     by_tensor = {id(inputs[n]): n for n in quant if n in inputs}
-    for name in leaves:
-        if name in quant or name not in inputs:
-            continue
-        reader = by_tensor.get(id(inputs[name]))
-        if reader is not None:
+    shared = [(name, by_tensor[id(inputs[name])]) for name in leaves
+              if name not in quant and name in inputs and id(inputs[name]) in by_tensor]
+    if residual_bits is None:
+        for name, reader in shared:
             model.get_submodule(name).register_forward_pre_hook(SharedInputQuant(quant[reader]))
+        return
+    seen = {}
+    if calib is not None:
+        model.eval()
+        try:
+            seen = _capture_inputs(model, [name for name, _ in shared], calib)
+        finally:
+            model.train(was_training)
+    owners: dict[str, nn.Module] = {}
+    for name, reader in shared:
+        module = model.get_submodule(name)
+        if reader not in owners:   # one quantizer per tensor, however many read it
+            step = init_act_step(seen.get(name), residual_bits, False)
+            module.register_parameter("residual_step", nn.Parameter(torch.tensor(step)))
+            module.residual_bits = int(residual_bits)
+            owners[reader] = module
+            quant[reader].register_forward_pre_hook(ResidualQuant(module))
+        module.register_forward_pre_hook(ResidualQuant(owners[reader]))
 
 
 def quantize_model(model: nn.Module, config: Mapping[str, tuple[int, int]] | tuple[int, int],
                    calib: torch.Tensor | None = None, first_last_bits: int = 8,
-                   input_shape=None) -> nn.Module:
+                   input_shape=None, residual_bits: int | None = RESIDUAL_BITS) -> nn.Module:
     """A fake-quant copy of `model` (the original is left as it is).
 
     `config`: {layer name: (a, w)} for the searchable layers, or one (a, w) for all.
     `calib`: a batch of inputs to initialise the activation steps (and give the input
     shape); without it the steps start at a fixed range and `input_shape` (C, H, W) is
-    needed, unless a calibration batch gives it.
+    needed, unless a calibration batch gives it. `residual_bits`: the precision of the
+    codes a shortcut carries (see the module docstring).
     """
     check_bits(first_last_bits, first_last_bits, "first/last layers")
     if input_shape is None:
@@ -136,8 +180,9 @@ def quantize_model(model: nn.Module, config: Mapping[str, tuple[int, int]] | tup
             with torch.no_grad():
                 q.a_step.fill_(init_act_step(seen[name], a, signed))
         _set_module(model, name, q)
-    install_shared_input_hooks(model, input_shape)
+    install_shared_input_hooks(model, input_shape, residual_bits, calib)
     model.mpqc_input_shape = tuple(input_shape)
+    model.mpqc_residual_bits = residual_bits
     return model
 
 
@@ -156,6 +201,7 @@ def save_quantized(model: nn.Module, path: str | Path, meta: dict) -> Path:
     payload = {"format": FORMAT, "meta": dict(meta),
                "config": {n: list(p) for n, p in quant_config(model).items()},
                "first_last_bits": first_last[0] if first_last else 8,
+               "residual_bits": getattr(model, "mpqc_residual_bits", RESIDUAL_BITS),
                "input_shape": list(getattr(model, "mpqc_input_shape", meta.get("input_shape", []))),
                "state_dict": model.state_dict()}
     path = Path(path)
@@ -176,13 +222,18 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, dict]:
     except Exception as exc:
         raise ModelError(f"quantized checkpoint {path} is corrupt or not a torch file "
                          f"({type(exc).__name__}: {first_line(exc)})") from exc
+    if isinstance(payload, dict) and payload.get("format") == "mpqc-quantized/1":
+        raise ModelError(f"{path} is an mpqc-quantized/1 checkpoint, from before shortcuts "
+                         "carried their own codes; fine-tune again to make a "
+                         f"{FORMAT} one (mpqc pipeline reruns its finetune step)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path} is not an mpqc quantized checkpoint ({FORMAT})")
     meta = payload["meta"]
     model = build_model(meta["model"], num_classes=meta.get("num_classes"))
     config = {n: tuple(p) for n, p in payload["config"].items()}
     q = quantize_model(model.eval(), config, first_last_bits=payload["first_last_bits"],
-                       input_shape=tuple(payload["input_shape"]))
+                       input_shape=tuple(payload["input_shape"]),
+                       residual_bits=payload["residual_bits"])
     try:
         q.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

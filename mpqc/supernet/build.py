@@ -64,6 +64,6 @@ def make_supernet(model: nn.Module, weight_bits, act_bits, input_shape=None,
             fixed.append((layer.name, f"stays float: {layer.reason}"))
             continue
         _set_module(net, layer.name, new)
-    install_shared_input_hooks(net, input_shape)
+    install_shared_input_hooks(net, input_shape, calib=calib)
     net.mpqc_input_shape = tuple(input_shape)
     return net, SupernetReport(tuple(searchable), tuple(fixed))
