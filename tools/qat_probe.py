@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--distill", type=float, default=0.0)
     parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument("--residual-bits", type=int, default=8,
+                        help="bits of the codes shortcuts carry; 0: the codes of the layer "
+                        "reading the same tensor (mpqc before library format 6)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -51,9 +54,11 @@ def main() -> None:
     else:
         config = {l["name"]: (l["a"], l["w"]) for l in json.load(open(args.bits))["layers"]}
     calib = next(iter(loader(splits.train, 256, True, 0, World())))[0]
-    qmodel = quantize_model(model, config, calib=calib)
+    qmodel = quantize_model(model, config, calib=calib,
+                            residual_bits=args.residual_bits or None)
     test = subset(splits.test, args.test_images, 0)
-    print(f"bits {args.bits} lr {args.lr}: start {_accuracy(qmodel, test):.4f}", flush=True)
+    print(f"bits {args.bits} lr {args.lr} residual bits {args.residual_bits}: "
+          f"start {_accuracy(qmodel, test):.4f}", flush=True)
     opt = torch.optim.Adam(qmodel.parameters(), lr=args.lr)
     teacher = model if args.distill > 0 else None
     step, start = 0, time.perf_counter()
