@@ -57,7 +57,7 @@ def recode_prim_func(recode: Recode, lanes: int = 16, name: str = "main") -> tir
         width = recode.shape[-2]
         group = lanes // c
         if width % group == 0:
-            w_out, w_in = sch.split(loops[-2], [None, group])
+            _, w_in = sch.split(loops[-2], [None, group])
             inner = sch.fuse(w_in, loops[-1])
     elif c % lanes == 0 and c > lanes:
         _, inner = sch.split(inner, [None, lanes])

@@ -27,16 +27,18 @@ def _fixed(values, shift: int) -> np.ndarray:
     return np.round(np.asarray(values, np.float64) * 2.0 ** shift).astype(np.int64)
 
 
-def requant_constants(scale, offset, res_scale, bound: int, what: str) -> dict:
+def requant_constants(scale, offset, res_scale, bound: int, what: str,
+                      headroom: int = INT64_HEADROOM) -> dict:
     """q = clamp((x * mul + r * res_mul + add) >> shift) ~ clamp(round(x*scale + r*res_scale + offset)).
 
     `bound` is the largest |x| (the accumulator bound, or the largest code); residual
-    codes are at most 255. The +0.5 of round-half-up is folded into add.
+    codes are at most 255. The +0.5 of round-half-up is folded into add. Every term stays
+    below `headroom` (2^62: int64 arithmetic).
     """
     scale, offset = np.asarray(scale, np.float64), np.asarray(offset, np.float64) + 0.5
     res = np.zeros_like(scale) if res_scale is None else np.asarray(res_scale, np.float64)
     peak = bound * np.abs(scale).max() + 255 * np.abs(res).max() + np.abs(offset).max()
-    shift = _pick_shift(lambda f: peak * f * 1.01 + 2, what)
+    shift = _pick_shift(lambda f: peak * f * 1.01 + 2, what, headroom)
     out = {"mul": _fixed(scale, shift), "add": _fixed(offset, shift), "shift": shift}
     if res_scale is not None:
         out["res_mul"] = _fixed(res, shift)
@@ -47,16 +49,13 @@ def recode_constants(scale, offset, what: str) -> dict | None:
     """requant_constants for uint8 codes without a residual, with every term inside int32
     (255 * |mul| + |add| < 2^30, so the kernel's lanes are 32-bit), or None where the
     scale is too large for that."""
-    scale, offset = np.asarray(scale, np.float64), np.asarray(offset, np.float64) + 0.5
-    peak = 255 * np.abs(scale).max() + np.abs(offset).max()
     try:
-        shift = _pick_shift(lambda f: peak * f * 1.01 + 2, what, INT32_HEADROOM)
+        out = requant_constants(scale, offset, None, 255, what, INT32_HEADROOM)
     except BuildError:
         return None
-    if shift < 8:   # fewer bits than that would round visibly differently from float
+    if out["shift"] < 8:   # fewer bits than that would round visibly differently from float
         return None
-    return {"mul": _fixed(scale, shift), "add": _fixed(offset, shift), "shift": shift,
-            "int32": True}
+    return {**out, "int32": True}
 
 
 def pool_constants(scale, offset, res_scale, bound: int, pixels: int, step: float,

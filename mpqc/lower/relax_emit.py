@@ -41,9 +41,9 @@ def _const(array, dtype: str):
     return relax.const(np.ascontiguousarray(np.asarray(array).astype(dtype)), dtype)
 
 
-def _channels(values, channels: int):
-    """An int64 per-channel constant from a scalar or (C,) array."""
-    return _const(np.broadcast_to(np.asarray(values, np.int64), (channels,)).copy(), "int64")
+def _channels(values, channels: int, dtype: str = "int64"):
+    """A per-channel integer constant from a scalar or (C,) array."""
+    return _const(np.broadcast_to(np.asarray(values, np.int64), (channels,)).copy(), dtype)
 
 
 def _scalar(value, dtype: str):
@@ -245,10 +245,8 @@ class Emitter:
         func = self._prim(f"recode_{safe}", lambda: recode_prim_func(
             recode, max(self.float_lanes, 4), f"recode_{safe}"))
         c = shape[-1]
-        mul = np.broadcast_to(np.asarray(p["mul"], np.int64), (c,))
-        add = np.broadcast_to(np.asarray(p["add"], np.int64), (c,))
-        return relax.call_tir(func, [env[op.inputs[0]], _const(mul, "int32"),
-                                     _const(add, "int32")], _ty(shape, "uint8"))
+        return relax.call_tir(func, [env[op.inputs[0]], _channels(p["mul"], c, "int32"),
+                                     _channels(p["add"], c, "int32")], _ty(shape, "uint8"))
 
     def _pool_requant(self, op: Op, env):
         """One scheduled prim func (schedules/pool.py): the default pipeline leaves an NHWC

@@ -68,11 +68,8 @@ class ResidualQuant:
         self.owner = owner
 
     def __call__(self, module, args):
-        return (residual_codes(self.owner, args[0]), *args[1:])
-
-
-def residual_codes(owner: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return fake_quant_act(x, owner.residual_step, owner.residual_bits)
+        owner = self.owner
+        return (fake_quant_act(args[0], owner.residual_step, owner.residual_bits), *args[1:])
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -94,6 +91,16 @@ def _capture_inputs(model: nn.Module, names: list[str], batch: torch.Tensor) -> 
     return seen
 
 
+def _capture_inputs_in_eval(model: nn.Module, names: list[str], batch: torch.Tensor) -> dict:
+    """_capture_inputs in eval mode, the model's mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _capture_inputs(model, names, batch)
+    finally:
+        model.train(was_training)
+
+
 def install_shared_input_hooks(model: nn.Module, input_shape,
                                residual_bits: int | None = RESIDUAL_BITS,
                                calib: torch.Tensor | None = None) -> None:
@@ -106,12 +113,7 @@ def install_shared_input_hooks(model: nn.Module, input_shape,
     quant = {n: m for n, m in model.named_modules() if hasattr(m, "quantized_input")}
     leaves = [n for n, m in model.named_modules() if n and not any(m.children())]
     example = torch.zeros((1, *input_shape), dtype=next(model.parameters()).dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        inputs = _capture_inputs(model, leaves, example)
-    finally:
-        model.train(was_training)
+    inputs = _capture_inputs_in_eval(model, leaves, example)
     by_tensor = {id(inputs[n]): n for n in quant if n in inputs}
     shared = [(name, by_tensor[id(inputs[name])]) for name in leaves
               if name not in quant and name in inputs and id(inputs[name]) in by_tensor]
@@ -119,13 +121,8 @@ def install_shared_input_hooks(model: nn.Module, input_shape,
         for name, reader in shared:
             model.get_submodule(name).register_forward_pre_hook(SharedInputQuant(quant[reader]))
         return
-    seen = {}
-    if calib is not None:
-        model.eval()
-        try:
-            seen = _capture_inputs(model, [name for name, _ in shared], calib)
-        finally:
-            model.train(was_training)
+    seen = ({} if calib is None
+            else _capture_inputs_in_eval(model, [name for name, _ in shared], calib))
     owners: dict[str, nn.Module] = {}
     for name, reader in shared:
         module = model.get_submodule(name)
