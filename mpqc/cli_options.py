@@ -51,6 +51,22 @@ finetune_from_option = click.option(
          "ones are often the better start for a long fine-tune.")
 
 
+def schedule_options(command):
+    """The training schedule of a search (search, sweep, pipeline): epochs of each phase,
+    the fp32 fine-tune before it, distillation and where the fine-tuning starts."""
+    for option in reversed((
+            click.option("--epochs", default=2, show_default=True,
+                         help="Search epochs (supernet training)."),
+            click.option("--finetune-epochs", default=1, show_default=True,
+                         help="QAT epochs of the chosen configuration (cosine learning "
+                              "rate over them)."),
+            click.option("--fp32-epochs", default=2, show_default=True,
+                         help="fp32 training epochs when no --weights are given."),
+            fp32_finetune_option, distill_option, finetune_from_option)):
+        command = option(command)
+    return command
+
+
 def margin_option(default: float):
     return click.option(
         "--margin", type=click.FloatRange(0.0, 0.5), default=default, show_default=True,

@@ -5,9 +5,9 @@ import sys
 
 import click
 
-from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
-                              finetune_from_option, fp32_finetune_option, gamma_option,
-                              lr_option, margin_option, spend_slack_option, w_bits_option)
+from mpqc.cli_options import (a_bits_option, choice_option, gamma_option, lr_option,
+                              margin_option, schedule_options, spend_slack_option,
+                              w_bits_option)
 
 from mpqc.pipeline.steps import STEP_NAMES, STEPS
 
@@ -86,13 +86,7 @@ Steps:
 @click.option("--baseline", "baselines", multiple=True, metavar="A,W",
               help="Uniform baseline for the Pareto plot (repeatable; 'none' for none). "
                    "Default: the smallest and the largest candidate bits.")
-@click.option("--epochs", default=2, show_default=True, help="Search epochs.")
-@click.option("--finetune-epochs", default=1, show_default=True)
-@click.option("--fp32-epochs", default=2, show_default=True,
-              help="fp32 training epochs when no --weights are given.")
-@fp32_finetune_option
-@distill_option
-@finetune_from_option
+@schedule_options
 @click.option("--subset", type=int, default=None, help="Use N training images.")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)

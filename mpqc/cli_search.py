@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
-                              finetune_from_option, fp32_finetune_option, gamma_option,
-                              lr_option, margin_option, spend_slack_option, w_bits_option)
+from mpqc.cli_options import (a_bits_option, choice_option, gamma_option, lr_option,
+                              margin_option, schedule_options, spend_slack_option,
+                              w_bits_option)
 
 
 @click.command("search")
@@ -36,13 +36,7 @@ from mpqc.cli_options import (a_bits_option, choice_option, distill_option,
               help="Train this configuration (a search result or {layer: [a, w]}) the way "
                    "--uniform trains its baseline, instead of searching: a searched "
                    "configuration retrained with the baselines' schedule.")
-@click.option("--epochs", default=2, show_default=True, help="Search epochs.")
-@click.option("--finetune-epochs", default=1, show_default=True)
-@click.option("--fp32-epochs", default=2, show_default=True,
-              help="fp32 training epochs when no --weights are given.")
-@fp32_finetune_option
-@distill_option
-@finetune_from_option
+@schedule_options
 @lr_option
 @click.option("--lam", type=float, default=1.0, show_default=True, help="EBS cost weight.")
 @click.option("--mu", type=float, default=0.01, show_default=True, help="BP-NAS barrier weight.")
@@ -150,12 +144,7 @@ def search_cmd(model_spec, weights, data_spec, target_name, cost, latency_model,
 @click.option("--bits", default="1,2,3,4", show_default=True)
 @a_bits_option
 @w_bits_option
-@click.option("--epochs", default=2, show_default=True)
-@click.option("--finetune-epochs", default=1, show_default=True)
-@click.option("--fp32-epochs", default=2, show_default=True)
-@fp32_finetune_option
-@distill_option
-@finetune_from_option
+@schedule_options
 @lr_option
 @click.option("--subset", type=int, default=None)
 @click.option("--batch-size", default=128, show_default=True)

@@ -114,30 +114,13 @@ def _plots(cfg, ws, summary, points, per_layer) -> list[str]:
 
     plot_pareto(points, "ms", str(ws.path("pareto.png")), f"{cfg.model}: searched vs uniform")
     names = [l["name"] for l in per_layer]
-    x = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(names)), 3.6))
-    ax.bar([i - 0.2 for i in x], [l["a"] for l in per_layer], 0.4, label="activation bits")
-    ax.bar([i + 0.2 for i in x], [l["w"] for l in per_layer], 0.4, label="weight bits")
-    ax.set_xticks(list(x), names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("bits")
-    ax.set_title("bits per layer")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(ws.path("bits.png"), dpi=120)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(names)), 3.6))
-    ax.bar([i - 0.2 for i in x], [l["predicted_ms"] for l in per_layer], 0.4,
-           label="predicted (search's table)")
-    ax.bar([i + 0.2 for i in x], [l["measured_ms"] or 0 for l in per_layer], 0.4,
-           label="measured (library kernels, alone)")
-    ax.set_xticks(list(x), names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("ms")
-    ax.set_title("latency per layer at its bits")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(ws.path("latency.png"), dpi=120)
-    plt.close(fig)
+    _paired_bars(plt, names, ([l["a"] for l in per_layer], "activation bits"),
+                 ([l["w"] for l in per_layer], "weight bits"),
+                 "bits", "bits per layer", ws.path("bits.png"))
+    _paired_bars(plt, names,
+                 ([l["predicted_ms"] for l in per_layer], "predicted (search's table)"),
+                 ([l["measured_ms"] or 0 for l in per_layer], "measured (library kernels, alone)"),
+                 "ms", "latency per layer at its bits", ws.path("latency.png"))
     return ["pareto.png", "bits.png", "latency.png"]
 
 
@@ -208,3 +191,18 @@ def write_report(cfg: PipelineConfig, ws: Workspace) -> dict:
     tmp.replace(ws.summary)
     ws.report.write_text(_markdown(cfg, summary, per_layer, points, plots))
     return summary
+
+
+def _paired_bars(plt, names, left, right, ylabel: str, title: str, path) -> None:
+    """Two bars per layer, (values, label) each, side by side."""
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.5 * len(names)), 3.6))
+    for shift, (values, label) in ((-0.2, left), (0.2, right)):
+        ax.bar([i + shift for i in x], values, 0.4, label=label)
+    ax.set_xticks(list(x), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
