@@ -152,21 +152,30 @@ def run_cmd(library, images, top, rpc_tracker, rpc_key, as_json):
 @click.argument("library", type=click.Path(dir_okay=False, exists=True))
 @click.option("--images", "count", default=8, show_default=True,
               help="Test images of the manifest's data (random normal images without data).")
+@click.option("--accuracy", is_flag=True,
+              help="Also score the library's top-1 accuracy on its data's test split.")
+@click.option("--accuracy-images", type=click.IntRange(min=1), default=None, metavar="N",
+              help="With --accuracy: N random test images instead of all of them.")
 @_device_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify_cmd(library, count, rpc_tracker, rpc_key, as_json):
+def verify_cmd(library, count, accuracy, accuracy_images, rpc_tracker, rpc_key, as_json):
     """Check a library against the integer reference rebuilt from its manifest.
 
     Every quantized layer's integers must be equal; logits agree up to the float
     rounding of the final rescale. Exits 1 when not exact, naming the first layer
-    that differs.
+    that differs. With --accuracy the library also classifies the test split of the
+    data it was built with, on the same device.
     """
+    from mpqc.build.accuracy import library_accuracy
     from mpqc.build.verify import verify_library
 
-    result = verify_library(library, count=count,
-                            device=_device_for(library, rpc_tracker, rpc_key))
+    device = _device_for(library, rpc_tracker, rpc_key)
+    result = verify_library(library, count=count, device=device)
+    scored = (library_accuracy(library, accuracy_images, device, progress=not as_json)
+              if accuracy or accuracy_images else None)
     if as_json:
-        _echo_json(result.to_json())
+        _echo_json({**result.to_json(),
+                    **({"library_accuracy": scored.to_json()} if scored else {})})
     else:
         rows = [[c.name, c.kind, "yes" if c.equal else f"NO ({c.mismatches})",
                  f"{c.max_abs_diff:.3g}"] for c in result.layers]
@@ -175,6 +184,9 @@ def verify_cmd(library, count, rpc_tracker, rpc_key, as_json):
                    f"{'exact' if result.exact else 'NOT exact, first: ' + result.first_mismatch}"
                    f", logits max |diff| {result.max_abs_diff:.3g}, top-1 agreement "
                    f"{result.top1_agreement:.0%}")
+        if scored:
+            click.echo(f"accuracy {scored.accuracy:.2%} top-1 on {scored.images} of "
+                       f"{scored.test_size} test images ({scored.seconds:.1f} s)")
     if not result.exact:
         sys.exit(1)
 

@@ -9,7 +9,7 @@ from mpqc.cli_options import (a_bits_option, choice_option, gamma_option, lr_opt
                               margin_option, schedule_options, spend_slack_option,
                               w_bits_option)
 
-from mpqc.pipeline.steps import STEP_NAMES, STEPS
+from mpqc.pipeline.steps import RPC_ACCURACY_IMAGES, STEP_NAMES, STEPS
 
 
 def _pairs(values: tuple[str, ...]) -> tuple[tuple[int, int], ...] | None:
@@ -103,6 +103,11 @@ Steps:
 @click.option("--rpc-key", default=None, help="Device key (default: the target's).")
 @click.option("--tuning-log", type=click.Path(dir_okay=False), default=None,
               help="Kernel variants from `mpqc tune` for measurement and build.")
+@click.option("--accuracy-images", type=click.IntRange(min=0), default=None, metavar="N",
+              help="The verify step also scores the library's own top-1 accuracy on N "
+                   "random test images (0: not at all). Default: the test images the "
+                   "fine-tuned model was scored on (the whole split, or its --subset "
+                   f"share), at most {RPC_ACCURACY_IMAGES} on an RPC device.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budget_ms,
                  budget_ratio, budget_ort_ratio, workdir, from_step, until_step, method, gamma_max, lr, spend_slack,
@@ -111,7 +116,7 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
                  fp32_finetune_epochs,
                  distill, finetune_from, subset, batch_size,
                  seed, threads, random_shapes, repeats, passes, rpc_tracker, rpc_key,
-                 tuning_log, quiet):
+                 tuning_log, accuracy_images, quiet):
     import json
     import time
 
@@ -132,7 +137,8 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
                          seed=seed, threads=threads, random_shapes=random_shapes,
                          repeats=repeats, passes=passes, baselines=_pairs(baselines),
                          rpc_tracker=rpc_tracker,
-                         rpc_key=rpc_key, tuning_log=tuning_log, progress=not quiet)
+                         rpc_key=rpc_key, tuning_log=tuning_log,
+                         accuracy_images=accuracy_images, progress=not quiet)
     preflight(cfg)
     ws = Workspace(workdir)
     start = time.perf_counter()
@@ -155,16 +161,14 @@ def pipeline_cmd(model_spec, weights, input_shape, data_spec, target_name, budge
 
 def _print_summary(s: dict, ws) -> None:
     from mpqc.cli import _table
-    from mpqc.pipeline.report import reference_name
+    from mpqc.pipeline.report import accuracy_text, reference_name
 
     def ms(v):
         return "-" if v is None else f"{v:.4f}"
 
     click.echo(_table([[l["name"], str(l["a"]), str(l["w"])] for l in s["layers"]],
                       ["layer", "a", "w"]))
-    click.echo(f"accuracy  {s['accuracy']:.2%} quantized, {s['fp32_accuracy']:.2%} fp32"
-               + (f" (fine-tuned here; {s['fp32_pretrained_accuracy']:.2%} as given)"
-                  if s.get("fp32_pretrained_accuracy") is not None else ""))
+    click.echo(f"accuracy  {accuracy_text(s)}")
     click.echo(f"latency   measured {ms(s['measured_ms'])} ms, predicted {ms(s['predicted_ms'])}"
                f" ms, budget {ms(s['budget_ms'])} ms")
     if s.get("same_run"):

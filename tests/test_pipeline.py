@@ -115,6 +115,11 @@ def test_killed_in_search_resumes_and_ends_with_a_verified_library(tmp_path):
     assert summary["predicted_ms"] <= summary["budget_ms"]
     assert Path(summary["so_path"]).is_file() and Path(summary["manifest_path"]).is_file()
     assert 0 <= summary["accuracy"] <= 1 and 0 <= summary["fp32_accuracy"] <= 1
+    # the .so itself scored on the test images the fine-tuned model was scored on (the
+    # --subset share: 256 of MNIST's 10000); integer rounding may flip a near tie or two
+    assert summary["library_accuracy_images"] == 256
+    assert abs(summary["library_accuracy"] - summary["accuracy"]) <= 2 / 256
+    assert "(library " in done.stdout
     assert [p["kind"] for p in summary["pareto"]] == ["searched", "uniform", "uniform"]
     assert all(l["measured_ms"] > 0 for l in summary["layer_latency"])
     for name in ("report.md", "pareto.png", "bits.png", "latency.png"):

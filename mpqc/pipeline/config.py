@@ -42,6 +42,7 @@ class PipelineConfig:
     rpc_key: str | None = None
     tuning_log: str | None = None
     verify_images: int = 8
+    accuracy_images: int | None = None  # the library's own test accuracy: None all, 0 none
     bench_repeats: int = 30
     progress: bool = True
 

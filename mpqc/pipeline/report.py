@@ -37,6 +37,18 @@ def collapse_warning(accuracy: float, classes: int) -> str | None:
     return None
 
 
+def accuracy_text(s: dict) -> str:
+    """The summary's accuracies in one line: the fake-quant model's, the library's own
+    where it was scored, and the fp32 reference's."""
+    library = ""
+    if s.get("library_accuracy") is not None:
+        library = (f" (library {s['library_accuracy']:.2%} on {s['library_accuracy_images']}"
+                   " test images)")
+    given = ("" if s.get("fp32_pretrained_accuracy") is None else
+             f" (fine-tuned on this data; {s['fp32_pretrained_accuracy']:.2%} as given)")
+    return f"{s['accuracy']:.2%} quantized{library}, {s['fp32_accuracy']:.2%} fp32{given}"
+
+
 def reference_name(same_run: dict) -> str:
     """What a same-run ratio divides by: a library of ours, or a peer model."""
     ref = same_run["reference"]
@@ -94,6 +106,9 @@ def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
         "same_run": same_run,
         "accuracy": finetune["accuracy"], "fp32_accuracy": finetune["fp32_accuracy"],
         "fp32_pretrained_accuracy": finetune.get("fp32_pretrained_accuracy"),
+        # the .so's own top-1 on the test split (None when not scored)
+        "library_accuracy": (verify.get("library_accuracy") or {}).get("accuracy"),
+        "library_accuracy_images": (verify.get("library_accuracy") or {}).get("images"),
         "torch_fp32_ms": bench.get("torch_fp32_ms"), "ort_fp32_ms": bench.get("ort_fp32_ms"),
         "ort_int8_ms": bench.get("ort_int8_ms"),
         "speedup_vs_torch_fp32": ratio("torch_fp32_ms"),
@@ -136,9 +151,7 @@ def _markdown(cfg, summary, per_layer, points, plots) -> str:
              "| | |", "|---|---|",
              f"| verification | {'exact' if s['verified_exact'] else 'NOT exact'} "
              f"(logits max abs diff {s['max_abs_diff']:.3g}) |",
-             f"| accuracy | {s['accuracy']:.2%} quantized, {s['fp32_accuracy']:.2%} fp32"
-             + (f" (fine-tuned on this data; {s['fp32_pretrained_accuracy']:.2%} as given)"
-                if s.get("fp32_pretrained_accuracy") is not None else "") + " |",
+             f"| accuracy | {accuracy_text(s)} |",
              f"| latency | measured {_fmt(s['measured_ms'])} ms, predicted "
              f"{s['predicted_ms']:.4f} ms, budget {s['budget_ms']:.4f} ms |",
              *([f"| budget check | {s['same_run']['ratio']:.3f}x the "

@@ -292,13 +292,32 @@ def run_build(cfg, ws):
             "compile_seconds": round(result.seconds, 1)}
 
 
+# a board over RPC scores this many test images unless --accuracy-images says otherwise:
+# one round trip per image, and an emulated board runs ResNet-20 at tens of ms an image
+RPC_ACCURACY_IMAGES = 1000
+
+
 def run_verify(cfg, ws):
+    from mpqc.build.accuracy import library_accuracy
     from mpqc.build.verify import verify_library
-    result = verify_library(ws.library(cfg.model), count=cfg.verify_images,
-                            device=_device(cfg))
-    _write_json(ws.verify, result.to_json())
-    return {"exact": result.exact, "max_abs_diff": result.max_abs_diff,
-            "first_mismatch": result.first_mismatch}
+    device = _device(cfg)
+    result = verify_library(ws.library(cfg.model), count=cfg.verify_images, device=device)
+    out = result.to_json()
+    limit = cfg.accuracy_images
+    if limit is None:   # the images the fine-tune's accuracy was taken on
+        from mpqc.search.driver import test_subset_size
+        limit = test_subset_size(cfg.subset) if cfg.subset else None
+        if device is not None:
+            limit = min(limit or RPC_ACCURACY_IMAGES, RPC_ACCURACY_IMAGES)
+    if limit != 0:
+        out["library_accuracy"] = library_accuracy(ws.library(cfg.model), limit, device,
+                                                   cfg.progress, seed=cfg.seed).to_json()
+    _write_json(ws.verify, out)
+    facts = {"exact": result.exact, "max_abs_diff": result.max_abs_diff,
+             "first_mismatch": result.first_mismatch}
+    if "library_accuracy" in out:
+        facts["library_accuracy"] = out["library_accuracy"]["accuracy"]
+    return facts
 
 
 def run_bench(cfg, ws):
@@ -440,7 +459,7 @@ STEPS: list[Step] = [
          ("model", "weights", "data", "input_shape", "target", "tuning_log")),
     Step("verify", "check the library against the integer PyTorch model (verify.json)",
          run_verify, lambda c, w: [w.verify], lambda c, w: _lib(c, w),
-         ("verify_images", "rpc_tracker", "rpc_key")),
+         ("verify_images", "accuracy_images", "subset", "seed", "rpc_tracker", "rpc_key")),
     Step("bench", "time the library and torch / onnxruntime peers (bench.json)", run_bench,
          lambda c, w: [w.bench], lambda c, w: _lib(c, w),
          ("threads", "bench_repeats", "rpc_tracker", "target", "budget_ratio",

@@ -44,13 +44,18 @@ def fp32_weights_path(out: Path) -> Path:
     return out.with_name(out.stem + ".fp32.pt")
 
 
+def test_subset_size(subset: int) -> int:
+    """Test images scored when training on `subset` images (a seeded random sample)."""
+    return max(subset // 5, 256)
+
+
 def _splits(data: str, subset: int | None, seed: int):
     from mpqc.data import load_dataset, subset as take
     splits = load_dataset(data)
     if subset:
         splits = type(splits)(**{**splits.__dict__, "train": take(splits.train, subset, seed),
                                  "val": take(splits.val, max(subset // 5, 64), seed),
-                                 "test": take(splits.test, max(subset // 5, 256), seed)})
+                                 "test": take(splits.test, test_subset_size(subset), seed)})
     return splits
 
 
