@@ -184,9 +184,12 @@ def test_a_budget_relative_to_onnxruntime_int8(tmp_path):
     assert done.returncode == (0 if summary["ok"] else 1), done.stderr[-3000:]
     peers = json.loads((work / "peers.json").read_text())
     assert peers["model"] == "democnn" and peers["ort_int8_ms"] > 0
-    # the search's budget is the ratio times the int8 peer timed before it
+    # the search's budget is the ratio times the int8 peer timed before it, taken as the
+    # bench step's check takes it: the fastest of 7 rounds
+    assert len(peers["ort_int8_rounds_ms"]) == 7
+    assert peers["ort_int8_fastest_round_ms"] == min(peers["ort_int8_rounds_ms"]) > 0
     search = json.loads((work / "search.json").read_text())
-    assert search["budget_ms"] == pytest.approx(peers["ort_int8_ms"])
+    assert search["budget_ms"] == pytest.approx(peers["ort_int8_fastest_round_ms"])
     assert search["predicted_ms"] <= search["budget_ms"]
     # and the bench step checks the ratio against the peer timed alongside the library
     same_run = summary["same_run"]
@@ -203,7 +206,7 @@ def test_a_budget_relative_to_onnxruntime_int8(tmp_path):
     assert moved.returncode == 0, moved.stderr[-3000:]
     assert json.loads((work / "peers.json").read_text()) == peers
     assert json.loads((work / "search.json").read_text())["budget_ms"] == pytest.approx(
-        0.9 * peers["ort_int8_ms"])
+        0.9 * peers["ort_int8_fastest_round_ms"])
 
 
 def test_a_budget_relative_to_onnxruntime_needs_a_target_that_runs_here(tmp_path):
