@@ -66,8 +66,9 @@ Steps:
               help="Budget as R x the predicted latency at the largest uniform bits.")
 @click.option("--budget-ort-ratio", type=float, default=None, metavar="R",
               help="Budget as R x onnxruntime int8's latency of the model on this machine "
-                   "(static QDQ, timed before the search; the bench step checks the ratio "
-                   "against it timed alongside). Host targets only.")
+                   "(static QDQ, timed before the search: the fastest of 7 rounds; the "
+                   "bench step checks the ratio against it timed alongside). Host "
+                   "targets only.")
 @click.option("--workdir", required=True, type=click.Path(file_okay=False),
               help="Where every artifact goes (and where a rerun resumes).")
 @click.option("--from-step", type=click.Choice(STEP_NAMES), default=None,
