@@ -37,11 +37,12 @@ def scored_indices(test_size: int, limit: int | None, seed: int = 0) -> np.ndarr
     by class (CIFAR-10 from an image folder is), so the first N would score a few classes.
     The draw is mpqc.data.subset's for the same seed, so a search run with --subset scores
     its fake-quant model on these same images."""
+    from mpqc.data.splits import sample_indices
     if limit is None or limit >= test_size:
         return np.arange(test_size)
     if limit < 1:
         raise ConfigError(f"score at least one test image, not {limit}")
-    return np.sort(np.random.default_rng(seed).permutation(test_size)[:limit])
+    return np.sort(sample_indices(test_size, limit, seed))
 
 
 def library_accuracy(path, limit: int | None = None, device=None, progress: bool = False,

@@ -38,6 +38,11 @@ def carve_val(train: ArrayDataset, val_fraction: float, seed: int,
             train.select(np.sort(perm[:n_val]), augment=False))
 
 
+def sample_indices(size: int, n: int, seed: int = 0) -> np.ndarray:
+    """`n` of range(size): the first `n` of a seeded permutation (what `subset` takes)."""
+    return np.random.default_rng(seed).permutation(size)[:n]
+
+
 def subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
     """The first `n` items of a fixed random permutation (a reproducible random sample);
     `dataset` itself when n is None or n >= len(dataset). ArrayDatasets stay ArrayDatasets."""
@@ -45,7 +50,7 @@ def subset(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
         return dataset
     if n < 0:
         raise DataError(f"subset size must be >= 0, got {n}")
-    indices = np.random.default_rng(seed).permutation(len(dataset))[:n]
+    indices = sample_indices(len(dataset), n, seed)
     if isinstance(dataset, ArrayDataset):
         return dataset.select(indices)
     return Subset(dataset, indices.tolist())

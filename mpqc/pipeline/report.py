@@ -59,6 +59,7 @@ def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
     finetune, search = _read(ws.finetune), _read(ws.search)
     glue = _read(ws.glue)
     verify, bench = _read(ws.verify), _read(ws.bench)
+    scored = verify.get("library_accuracy") or {}   # absent when not scored
     manifest = _read(ws.manifest(cfg.model))
     measured = bench.get("mpqc_ms")
     budget = finetune["budget_ms"]
@@ -107,8 +108,8 @@ def summarize(cfg: PipelineConfig, ws: Workspace) -> dict:
         "accuracy": finetune["accuracy"], "fp32_accuracy": finetune["fp32_accuracy"],
         "fp32_pretrained_accuracy": finetune.get("fp32_pretrained_accuracy"),
         # the .so's own top-1 on the test split (None when not scored)
-        "library_accuracy": (verify.get("library_accuracy") or {}).get("accuracy"),
-        "library_accuracy_images": (verify.get("library_accuracy") or {}).get("images"),
+        "library_accuracy": scored.get("accuracy"),
+        "library_accuracy_images": scored.get("images"),
         "torch_fp32_ms": bench.get("torch_fp32_ms"), "ort_fp32_ms": bench.get("ort_fp32_ms"),
         "ort_int8_ms": bench.get("ort_int8_ms"),
         "speedup_vs_torch_fp32": ratio("torch_fp32_ms"),
